@@ -1,0 +1,41 @@
+# Entry points of the course repository. `make lab` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv/bin
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export NO_ALBUMENTATIONS_UPDATE := 1
+export ORT_DISABLE_TELEMETRY := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup lab test test-fast release book figures bench clean
+
+setup:
+	bash scripts/setup.sh
+
+## The main job: the whole lab pipeline on the built-in offline data set (train, export, test, infer).
+lab: setup
+	$(VENV)/python -m labcode pipeline
+
+## The test suite (sets up the stack and Chromium for the browser tests first).
+test:
+	bash scripts/setup.sh --browser
+	$(VENV)/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/python -m pytest -q -m "not slow and not browser"
+
+## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/.
+release: setup
+	$(VENV)/python tools/release.py
+
+## Figures of the book, then the book itself.
+figures: setup
+	$(VENV)/python tools/make_figures.py
+
+book: figures
+	$(VENV)/jupyter-book build book -W -n --keep-going
+
+bench: setup
+	$(VENV)/python benchmarks/run_all.py
+
+clean:
+	rm -rf book/_build runs .pytest_cache

@@ -1,0 +1,13 @@
+"""labcode: the library of the semantic segmentation lab (Stanford 2D-3D-S, PyTorch).
+
+Importing the package only sets two environment variables, before albumentations or
+onnxruntime can be imported by any submodule: no update check over the network and no
+telemetry. Submodules are imported on demand (``from labcode.data import StanfordDataset``).
+"""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+__version__ = "0.1.0"

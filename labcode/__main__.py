@@ -1,0 +1,7 @@
+"""Entry point of ``python -m labcode``."""
+
+import sys
+
+from labcode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,366 @@
+"""Stanford 2D-3D-S on disk: the semantic label table, the PNG decoders, ``StanfordDataset`` and the data loaders.
+
+On-disk layout (the real data set and the generated one share it)::
+
+    ROOT/assets/semantic_labels.json
+    ROOT/area_5a/data/rgb/camera_<32 hex>_<roomType>_<roomNum>_frame_<k>_domain_rgb.png
+    ROOT/area_5a/data/semantic/camera_<32 hex>_<roomType>_<roomNum>_frame_<k>_domain_semantic.png
+
+A semantic pixel ``(R, G, B)`` is the index ``R * 65536 + G * 256 + B`` into the JSON list of instance names such as
+``"wall_1_office_12_3"``; the class is the part before the first underscore. The code ``0x0D0D0D`` marks missing
+data and, like any index past the end of the list, decodes to ``<UNK>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from labcode.classes import CLASSES, NUM_CLASSES, UNKNOWN_LABEL
+from labcode.errors import DatasetError
+
+MISSING_CODE = 0x0D0D0D
+LABELS_JSON = Path("assets") / "semantic_labels.json"
+RGB_SUFFIX = "_domain_rgb.png"
+SEMANTIC_SUFFIX = "_domain_semantic.png"
+_CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Label table and decoders
+# --------------------------------------------------------------------------------------------------------------------
+
+def class_of_entry(entry: str) -> int:
+    """Class index of a JSON entry such as ``"chair_3_office_1_2"`` (the text before the first underscore)."""
+    return _CLASS_INDEX[entry.split("_", 1)[0]]
+
+
+def load_label_lut(json_path: str | Path) -> np.ndarray:
+    """Read ``semantic_labels.json`` into a lookup table from pixel code to class index.
+
+    The table has one entry per JSON item plus a last ``<UNK>`` entry that out-of-range codes are clamped to.
+
+    Args:
+        json_path: path of ``assets/semantic_labels.json``.
+
+    Returns:
+        ``uint8`` array of length ``len(entries) + 1``.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise DatasetError(f"label file not found: {json_path}")
+    try:
+        entries = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"cannot parse label file {json_path}: {err}") from err
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise DatasetError(f"label file {json_path} must hold a JSON list of strings")
+    lut = np.full(len(entries) + 1, UNKNOWN_LABEL, dtype=np.uint8)
+    for i, entry in enumerate(entries):
+        try:
+            lut[i] = class_of_entry(entry)
+        except KeyError:
+            raise DatasetError(f"label file {json_path}: entry {i} {entry!r} has an unknown class") from None
+    if MISSING_CODE < len(entries):
+        lut[MISSING_CODE] = UNKNOWN_LABEL
+    return lut
+
+
+def decode_semantic(semantic_bgr: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Turn a semantic PNG as loaded by OpenCV (BGR order) into class indices.
+
+    The three bytes are packed into one ``uint32`` code by viewing a BGRA copy as little-endian integers, clamped to
+    the table's last (``<UNK>``) entry, then looked up: no per-pixel Python and a single 4-byte temporary.
+
+    Args:
+        semantic_bgr: ``uint8`` array (H, W, 3) in OpenCV's BGR order.
+        lut: table from :func:`load_label_lut`.
+
+    Returns:
+        ``uint8`` array (H, W) of class indices.
+    """
+    bgra = cv2.cvtColor(semantic_bgr, cv2.COLOR_BGR2BGRA)  # alpha byte = 255, masked away below
+    code = bgra.view(np.uint32)[..., 0]
+    if not np.little_endian:
+        code = code.byteswap()
+    np.bitwise_and(code, 0x00FFFFFF, out=code)
+    np.minimum(code, len(lut) - 1, out=code)
+    return lut[code]
+
+
+def _imread(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DatasetError(f"cannot decode image file {path} (not a readable PNG/JPEG)")
+    if image.dtype == np.uint16:  # 16-bit PNGs: keep the 8 most significant bits
+        image = (image >> 8).astype(np.uint8)
+    return image
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read a colour image as ``uint8`` RGB (H, W, 3); grayscale and RGBA inputs are converted."""
+    image = _imread(Path(path))
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_semantic(path: str | Path, lut: np.ndarray) -> np.ndarray:
+    """Read a semantic PNG and decode it to ``uint8`` class indices (H, W)."""
+    image = _imread(Path(path))
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return decode_semantic(image, lut)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """The files of one data set item."""
+
+    rgb: Path
+    semantic: Path
+    area: str
+
+
+def available_areas(root: str | Path) -> list[str]:
+    """Names of the areas present under ``root`` (``['1', '2', '5a', ...]``), sorted."""
+    return sorted(p.name[len("area_"):] for p in Path(root).glob("area_*") if (p / "data" / "rgb").is_dir())
+
+
+def _area_name(area: str | int) -> str:
+    name = str(area)
+    return name[len("area_"):] if name.startswith("area_") else name
+
+
+def list_samples(root: str | Path, areas: Sequence[str | int] | None = None) -> list[Sample]:
+    """List the (rgb, semantic) file pairs of the chosen areas, in a stable order.
+
+    Raises:
+        DatasetError: unknown area (the message lists the existing ones), an rgb image without its semantic twin,
+            or nothing selected.
+    """
+    root = Path(root)
+    present = available_areas(root)
+    chosen = present if areas is None else [_area_name(a) for a in areas]
+    for area in chosen:
+        if area not in present:
+            raise DatasetError(f"area {area!r} not found in {root}; available areas: {', '.join(present) or 'none'}")
+    samples = []
+    for area in chosen:
+        data_dir = root / f"area_{area}" / "data"
+        for rgb in sorted((data_dir / "rgb").glob(f"*{RGB_SUFFIX}")):
+            semantic = data_dir / "semantic" / (rgb.name[: -len(RGB_SUFFIX)] + SEMANTIC_SUFFIX)
+            if not semantic.is_file():
+                raise DatasetError(f"{rgb} has no semantic twin (expected {semantic})")
+            samples.append(Sample(rgb, semantic, area))
+    if not samples:
+        raise DatasetError(f"no image found in {root} for areas {', '.join(chosen) or '(none)'}")
+    return samples
+
+
+class StanfordDataset(Dataset):
+    """The Stanford 2D-3D-S images with their pixel classes.
+
+    Args:
+        root: data set root (holds ``assets/`` and ``area_*``).
+        transforms: callable ``(image, mask) -> (image, mask)`` applied to both (e.g. an albumentations pipeline
+            wrapped by :class:`labcode.transforms.PairedTransform`). Exclusive with the two below.
+        transform: callable applied to the image alone.
+        target_transform: callable applied to the mask alone.
+        areas: areas to keep, e.g. ``['1', '5a']``; all of them when ``None``.
+
+    Items are ``(image, mask)``: without transform, ``image`` is ``uint8`` (H, W, 3) RGB and ``mask`` ``int64``
+    (H, W); with transforms, whatever they return, the mask being cast to ``int64``.
+    """
+
+    labels: list[str] = list(CLASSES)
+    unknown_label: int = UNKNOWN_LABEL
+    num_labels: int = NUM_CLASSES
+
+    def __init__(
+        self,
+        root: str | Path,
+        transforms: Callable | None = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        areas: Sequence[str | int] | None = None,
+    ) -> None:
+        if transforms is not None and (transform is not None or target_transform is not None):
+            raise ValueError("give either `transforms` or `transform`/`target_transform`, not both")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"data root not found: {self.root}")
+        self.lut = load_label_lut(self.root / LABELS_JSON)
+        self.files = list_samples(self.root, areas)
+        self.areas = sorted({s.area for s in self.files})
+        self.transforms = transforms
+        self.transform = transform
+        self.target_transform = target_transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The RGB image of item ``index``, ``uint8`` (H, W, 3), untransformed."""
+        return read_rgb(self.files[index].rgb)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The class indices of item ``index``, ``uint8`` (H, W), untransformed."""
+        return read_semantic(self.files[index].semantic, self.lut)
+
+    def __getitem__(self, index: int):
+        image, mask = self.load_image(index), self.load_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(f"{self.files[index].rgb} is {image.shape[:2]} but its semantic twin is {mask.shape}")
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        else:
+            if self.transform is not None:
+                image = self.transform(image)
+            if self.target_transform is not None:
+                mask = self.target_transform(mask)
+        return image, _as_int64(mask)
+
+    def __repr__(self) -> str:
+        return f"StanfordDataset(root={str(self.root)!r}, areas={self.areas}, size={len(self)})"
+
+
+def _as_int64(mask):
+    if isinstance(mask, torch.Tensor):
+        return mask.long()
+    if isinstance(mask, np.ndarray):
+        return mask.astype(np.int64)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------------------------
+
+def default_datadir() -> Path:
+    """The data set the course uses: ``$LABCODE_DATADIR`` (e.g. the real 2D-3D-S root on a cluster) when set,
+    otherwise the generated offline data set (created on first use)."""
+    env = os.environ.get("LABCODE_DATADIR")
+    if env:
+        return Path(env)
+    from labcode.synth import ensure_default_dataset
+
+    return ensure_default_dataset()
+
+
+def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False,
+            sampler=None, pin_memory: bool | None = None) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+
+
+def split_indices(n: int, valid_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of ``range(n)`` into (train, valid) index lists; both non-empty when ``n >= 2``."""
+    if not 0.0 < valid_ratio < 1.0:
+        raise ValueError(f"valid_ratio must be in (0, 1), got {valid_ratio}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_valid = min(max(1, round(n * valid_ratio)), n - 1)
+    return sorted(order[n_valid:]), sorted(order[:n_valid])
+
+
+def get_dataloaders(
+    datadir: str | Path,
+    areas_train: Sequence[str] | None,
+    areas_valid: Sequence[str] | None = None,
+    *,
+    valid_ratio: float = 0.2,
+    img_size: int = 256,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    seed: int = 0,
+    augment: bool = True,
+    train_transform: Callable | None = None,
+    distributed: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders.
+
+    Training uses ``areas_train``; validation uses ``areas_valid`` or, when it is empty, a seeded random
+    ``valid_ratio`` split of the training areas.
+
+    Args:
+        datadir: data set root.
+        areas_train: training areas (all areas when ``None``).
+        areas_valid: validation areas, or ``None`` for a random split.
+        valid_ratio: fraction of the training images held out when ``areas_valid`` is empty.
+        img_size: side of the square training/validation images.
+        batch_size: images per batch.
+        num_workers: loader worker processes.
+        seed: seed of the split and of the shuffling.
+        augment: use :func:`labcode.transforms.train_transforms` for training (else the evaluation preset).
+        train_transform: an albumentations pipeline replacing the training preset (e.g. the student's own).
+        distributed: shard the training set over the processes of ``torch.distributed``.
+
+    Returns:
+        ``(train_loader, valid_loader)`` yielding ``(B, 3, S, S)`` float32 images and ``(B, S, S)`` int64 masks.
+    """
+    from labcode.transforms import PairedTransform, eval_transforms, train_transforms
+
+    if train_transform is None:
+        train_transform = train_transforms(img_size) if augment else eval_transforms(img_size)
+    train_tf, eval_tf = PairedTransform(train_transform), PairedTransform(eval_transforms(img_size))
+    if areas_valid:
+        train_set = StanfordDataset(datadir, transforms=train_tf, areas=areas_train)
+        valid_set = StanfordDataset(datadir, transforms=eval_tf, areas=areas_valid)
+    else:
+        full_train = StanfordDataset(datadir, transforms=train_tf, areas=areas_train)
+        full_valid = StanfordDataset(datadir, transforms=eval_tf, areas=areas_train)
+        train_idx, valid_idx = split_indices(len(full_train), valid_ratio, seed)
+        train_set, valid_set = Subset(full_train, train_idx), Subset(full_valid, valid_idx)
+    sampler = None
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
+    train_loader = _loader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers, seed=seed,
+                           drop_last=len(train_set) > batch_size, sampler=sampler)
+    valid_loader = _loader(valid_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=seed)
+    return train_loader, valid_loader
+
+
+def get_test_dataloader(
+    datadir: str | Path,
+    areas: Sequence[str] | None,
+    *,
+    img_size: int | None = None,
+    batch_size: int = 1,
+    num_workers: int = 2,
+) -> DataLoader:
+    """Loader over whole areas for testing, in file order; ``img_size=None`` keeps the native resolution."""
+    from labcode.transforms import PairedTransform, eval_transforms
+
+    dataset = StanfordDataset(datadir, transforms=PairedTransform(eval_transforms(img_size)), areas=areas)
+    return _loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=0)

@@ -1,0 +1,87 @@
+"""Shared fixtures: a hand-written tiny data set in the real format, and a small generated one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import labcode  # noqa: F401  (environment variables before albumentations / onnxruntime)
+
+#: JSON entries of the hand-written data set: index -> class
+TINY_ENTRIES = [
+    "<UNK>_0_<UNK>_0_0",      # 0 -> <UNK>
+    "wall_1_office_1_1",      # 1 -> wall (12)
+    "floor_1_office_1_1",     # 2 -> floor (9)
+    "chair_3_office_1_1",     # 3 -> chair (5)
+    "sofa_1_lounge_2_5",      # 4 -> sofa (10)
+    "window_2_hallway_7_5",   # 5 -> window (13)
+    "beam_1_hallway_7_5",     # 6 -> beam (1)
+]
+TINY_CLASSES = [0, 12, 9, 5, 10, 13, 1]
+
+
+def code_to_rgb(code: int) -> tuple[int, int, int]:
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
+
+
+def write_png_rgb(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB (or RGBA / gray) uint8 array as PNG, independent of labcode's readers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rgb.ndim == 3 and rgb.shape[2] == 3:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    elif rgb.ndim == 3 and rgb.shape[2] == 4:
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA)
+    assert cv2.imwrite(str(path), rgb)
+
+
+def semantic_image(codes: np.ndarray) -> np.ndarray:
+    """RGB semantic image whose pixels hold the given integer codes."""
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> dict:
+    """Three images in areas 1, 5a and 5b with known codes, 0x0D0D0D, out-of-range codes and an RGBA input."""
+    root = tmp_path / "stanford"
+    (root / "assets").mkdir(parents=True)
+    (root / "assets" / "semantic_labels.json").write_text(json.dumps(TINY_ENTRIES))
+    rng = np.random.default_rng(0)
+    expected = {}
+    layouts = {
+        ("1", "camera_" + "a" * 32 + "_office_1_frame_0"): np.array(
+            [[1, 1, 2, 2, 3], [1, 0x0D0D0D, 2, 3, 3], [7, 1, 2, 1000, 1]]),
+        ("5a", "camera_" + "b" * 32 + "_lounge_2_frame_3"): np.array(
+            [[4, 4, 5, 5, 6], [4, 6, 5, 0x0D0D0D, 0xFFFFFF], [0, 1, 2, 3, 4]]),
+        ("5b", "camera_" + "c" * 32 + "_hallway_7_frame_12"): np.array(
+            [[6, 6, 6, 1, 1], [5, 5, 1, 1, 2], [2, 2, 2, 2, 2]]),
+    }
+    lut = dict(enumerate(TINY_CLASSES))
+    for (area, stem), codes in layouts.items():
+        data = root / f"area_{area}" / "data"
+        channels = 4 if area == "5a" else 3  # one RGBA input
+        rgb = rng.integers(0, 256, size=(*codes.shape, channels), dtype=np.uint8)
+        write_png_rgb(data / "rgb" / f"{stem}_domain_rgb.png", rgb)
+        write_png_rgb(data / "semantic" / f"{stem}_domain_semantic.png", semantic_image(codes))
+        mask = np.vectorize(lambda c: lut.get(int(c), 0))(codes)
+        expected[area] = (rgb[..., :3], mask)
+    return {"root": root, "expected": expected}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small generated data set (all areas, 64 px, a few images each), shared by the whole session."""
+    from labcode.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "stanford"
+    return generate_dataset(out, images_per_area=4, size=64, seed=1, workers=1, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield
