@@ -177,55 +177,28 @@ def list_samples(root: str | Path, areas: Sequence[str | int] | None = None) -> 
     return samples
 
 
-class StanfordDataset(Dataset):
-    """The Stanford 2D-3D-S images with their pixel classes.
+class SegmentationDataset(Dataset):
+    """Base of the data sets yielding ``(image, mask)``: subclasses provide ``load_image`` and ``load_mask``.
 
-    Args:
-        root: data set root (holds ``assets/`` and ``area_*``).
-        transforms: callable ``(image, mask) -> (image, mask)`` applied to both (e.g. an albumentations pipeline
-            wrapped by :class:`labcode.transforms.PairedTransform`). Exclusive with the two below.
-        transform: callable applied to the image alone.
-        target_transform: callable applied to the mask alone.
-        areas: areas to keep, e.g. ``['1', '5a']``; all of them when ``None``.
-
-    Items are ``(image, mask)``: without transform, ``image`` is ``uint8`` (H, W, 3) RGB and ``mask`` ``int64``
-    (H, W); with transforms, whatever they return, the mask being cast to ``int64``.
+    ``transforms(image, mask)`` (paired) and ``transform``/``target_transform`` (separate) are exclusive; the mask
+    comes out as ``int64`` whatever the transforms return.
     """
 
     labels: list[str] = list(CLASSES)
     unknown_label: int = UNKNOWN_LABEL
     num_labels: int = NUM_CLASSES
 
-    def __init__(
-        self,
-        root: str | Path,
-        transforms: Callable | None = None,
-        transform: Callable | None = None,
-        target_transform: Callable | None = None,
-        areas: Sequence[str | int] | None = None,
-    ) -> None:
+    def _set_transforms(self, transforms: Callable | None, transform: Callable | None,
+                        target_transform: Callable | None) -> None:
         if transforms is not None and (transform is not None or target_transform is not None):
             raise ValueError("give either `transforms` or `transform`/`target_transform`, not both")
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetError(f"data root not found: {self.root}")
-        self.lut = load_label_lut(self.root / LABELS_JSON)
-        self.files = list_samples(self.root, areas)
-        self.areas = sorted({s.area for s in self.files})
-        self.transforms = transforms
-        self.transform = transform
-        self.target_transform = target_transform
-
-    def __len__(self) -> int:
-        return len(self.files)
+        self.transforms, self.transform, self.target_transform = transforms, transform, target_transform
 
     def load_image(self, index: int) -> np.ndarray:
-        """The RGB image of item ``index``, ``uint8`` (H, W, 3), untransformed."""
-        return read_rgb(self.files[index].rgb)
+        raise NotImplementedError
 
     def load_mask(self, index: int) -> np.ndarray:
-        """The class indices of item ``index``, ``uint8`` (H, W), untransformed."""
-        return read_semantic(self.files[index].semantic, self.lut)
+        raise NotImplementedError
 
     def __getitem__(self, index: int):
         image, mask = self.load_image(index), self.load_mask(index)
@@ -239,6 +212,50 @@ class StanfordDataset(Dataset):
             if self.target_transform is not None:
                 mask = self.target_transform(mask)
         return image, _as_int64(mask)
+
+
+class StanfordDataset(SegmentationDataset):
+    """The Stanford 2D-3D-S images with their pixel classes.
+
+    Args:
+        root: data set root (holds ``assets/`` and ``area_*``).
+        transforms: callable ``(image, mask) -> (image, mask)`` applied to both (e.g. an albumentations pipeline
+            wrapped by :class:`labcode.transforms.PairedTransform`). Exclusive with the two below.
+        transform: callable applied to the image alone.
+        target_transform: callable applied to the mask alone.
+        areas: areas to keep, e.g. ``['1', '5a']``; all of them when ``None``.
+
+    Items are ``(image, mask)``: without transform, ``image`` is ``uint8`` (H, W, 3) RGB and ``mask`` ``int64``
+    (H, W); with transforms, whatever they return, the mask being cast to ``int64``. ``files[i]`` names the files
+    of item ``i``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transforms: Callable | None = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        areas: Sequence[str | int] | None = None,
+    ) -> None:
+        self._set_transforms(transforms, transform, target_transform)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"data root not found: {self.root}")
+        self.lut = load_label_lut(self.root / LABELS_JSON)
+        self.files = list_samples(self.root, areas)
+        self.areas = sorted({s.area for s in self.files})
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The RGB image of item ``index``, ``uint8`` (H, W, 3), untransformed."""
+        return read_rgb(self.files[index].rgb)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The class indices of item ``index``, ``uint8`` (H, W), untransformed."""
+        return read_semantic(self.files[index].semantic, self.lut)
 
     def __repr__(self) -> str:
         return f"StanfordDataset(root={str(self.root)!r}, areas={self.areas}, size={len(self)})"
@@ -267,9 +284,23 @@ def default_datadir() -> Path:
     return ensure_default_dataset()
 
 
-def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int, drop_last: bool = False,
+def default_num_workers() -> int:
+    """Loader workers to use: one per available core, at most 8 (decoding 1080x1080 PNGs is CPU-bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _worker_init(worker_id: int) -> None:
+    cv2.setNumThreads(1)  # one OpenCV thread per loader worker: the workers already use every core
+
+
+def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int | None, seed: int, drop_last: bool = False,
             sampler=None, pin_memory: bool | None = None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
+    num_workers = default_num_workers() if num_workers is None else num_workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -279,6 +310,7 @@ def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: 
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
         generator=generator,
     )
 
@@ -300,10 +332,11 @@ def get_dataloaders(
     valid_ratio: float = 0.2,
     img_size: int = 256,
     batch_size: int = 8,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     seed: int = 0,
     augment: bool = True,
     train_transform: Callable | None = None,
+    cache_dir: str | Path | None = None,
     distributed: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders.
@@ -318,10 +351,11 @@ def get_dataloaders(
         valid_ratio: fraction of the training images held out when ``areas_valid`` is empty.
         img_size: side of the square training/validation images.
         batch_size: images per batch.
-        num_workers: loader worker processes.
+        num_workers: loader worker processes (default: one per core, at most 8).
         seed: seed of the split and of the shuffling.
         augment: use :func:`labcode.transforms.train_transforms` for training (else the evaluation preset).
         train_transform: an albumentations pipeline replacing the training preset (e.g. the student's own).
+        cache_dir: read the images from a cache made by ``python -m labcode prepare`` instead of the PNGs.
         distributed: shard the training set over the processes of ``torch.distributed``.
 
     Returns:
@@ -332,12 +366,17 @@ def get_dataloaders(
     if train_transform is None:
         train_transform = train_transforms(img_size) if augment else eval_transforms(img_size)
     train_tf, eval_tf = PairedTransform(train_transform), PairedTransform(eval_transforms(img_size))
+    def open_areas(transforms, areas):
+        if cache_dir is not None:
+            from labcode.cache import CachedDataset
+
+            return CachedDataset(cache_dir, transforms=transforms, areas=areas)
+        return StanfordDataset(datadir, transforms=transforms, areas=areas)
+
     if areas_valid:
-        train_set = StanfordDataset(datadir, transforms=train_tf, areas=areas_train)
-        valid_set = StanfordDataset(datadir, transforms=eval_tf, areas=areas_valid)
+        train_set, valid_set = open_areas(train_tf, areas_train), open_areas(eval_tf, areas_valid)
     else:
-        full_train = StanfordDataset(datadir, transforms=train_tf, areas=areas_train)
-        full_valid = StanfordDataset(datadir, transforms=eval_tf, areas=areas_train)
+        full_train, full_valid = open_areas(train_tf, areas_train), open_areas(eval_tf, areas_train)
         train_idx, valid_idx = split_indices(len(full_train), valid_ratio, seed)
         train_set, valid_set = Subset(full_train, train_idx), Subset(full_valid, valid_idx)
     sampler = None
@@ -357,7 +396,7 @@ def get_test_dataloader(
     *,
     img_size: int | None = None,
     batch_size: int = 1,
-    num_workers: int = 2,
+    num_workers: int | None = None,
 ) -> DataLoader:
     """Loader over whole areas for testing, in file order; ``img_size=None`` keeps the native resolution."""
     from labcode.transforms import PairedTransform, eval_transforms
