@@ -35,7 +35,7 @@ book: figures
 	$(VENV)/jupyter-book build book -W -n --keep-going
 
 bench: setup
-	$(VENV)/python benchmarks/run_all.py
+	$(VENV)/python -m benchmarks.run_all
 
 clean:
 	rm -rf book/_build runs .pytest_cache

@@ -1,0 +1,49 @@
+"""Shared helpers of the benchmark scripts: the benchmark data set, timers and table printing."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import labcode  # noqa: F401  (environment variables first)
+import torch
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def bench_dataset(size: int = 1080, images: int = 24) -> Path:
+    """A generated area at the real resolution, made once under ``data/`` and reused."""
+    from labcode.synth import data_home, generate_dataset
+
+    root = data_home() / f"bench-{size}-{images}"
+    if not (root / "assets" / "semantic_labels.json").is_file():
+        generate_dataset(root, areas=("1",), images_per_area=images, size=size, seed=7, workers=2, progress=True)
+    return root
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    """Print a GitHub-markdown table."""
+    cells = [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
