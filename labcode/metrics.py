@@ -1,0 +1,177 @@
+"""Segmentation metrics over a whole data set, from one confusion matrix accumulated batch after batch.
+
+The confusion matrix ``cm`` is (K, K): ``cm[t, p]`` counts the pixels of target class ``t`` predicted as ``p``
+(rows = target, columns = prediction). For class k, ``TP = cm[k, k]``, ``FP`` is the rest of column k and ``FN``
+the rest of row k. Then
+
+- per-class F1 (the seed's formula): ``TP / (TP + (FP + FN) / 2)``; macro F1: its mean over the classes;
+- per-class IoU: ``TP / (TP + FP + FN)``; mIoU: its mean over the classes;
+- pixel accuracy: ``trace(cm) / sum(cm)``.
+
+**Absent classes.** A class with ``TP = FP = FN = 0`` (absent from both the targets and the predictions) has no
+defined F1 or IoU: its per-class value is NaN and it is left out of the macro F1 and of the mIoU, which average over
+the other classes. A class present in the targets but never predicted (or predicted but absent) counts, with F1 and
+IoU 0. When every class is undefined (empty matrix), the averages are NaN.
+
+Accumulating counts and reducing once at the end gives the data-set score; averaging per-batch scores would not
+(a batch without some class would distort the mean).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _as_numpy(cm: ArrayLike) -> np.ndarray:
+    cm = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
+    return cm.astype(np.float64)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Elementwise ``numerator / denominator`` with NaN where the denominator is 0."""
+    out = np.full(numerator.shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    defined = ~np.isnan(values)
+    return float(values[defined].mean()) if defined.any() else float("nan")
+
+
+def f1_per_class(cm: ArrayLike) -> np.ndarray:
+    """Per-class F1 ``TP / (TP + (FP + FN) / 2)`` from a (K, K) confusion matrix; NaN for absent classes."""
+    cm = _as_numpy(cm)
+    tp = np.diag(cm)
+    fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
+    return _ratio(tp, tp + 0.5 * (fp + fn))
+
+
+def iou_per_class(cm: ArrayLike) -> np.ndarray:
+    """Per-class intersection over union ``TP / (TP + FP + FN)``; NaN for absent classes."""
+    cm = _as_numpy(cm)
+    tp = np.diag(cm)
+    return _ratio(tp, cm.sum(axis=0) + cm.sum(axis=1) - tp)
+
+
+def macro_f1(cm: ArrayLike) -> float:
+    """Mean of the per-class F1 over the classes where it is defined."""
+    return _mean_defined(f1_per_class(cm))
+
+
+def mean_iou(cm: ArrayLike) -> float:
+    """Mean of the per-class IoU over the classes where it is defined (mIoU)."""
+    return _mean_defined(iou_per_class(cm))
+
+
+def pixel_accuracy(cm: ArrayLike) -> float:
+    """Fraction of pixels whose prediction is right; NaN for an empty matrix."""
+    cm = _as_numpy(cm)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total > 0 else float("nan")
+
+
+class ConfusionMatrix:
+    """Confusion matrix accumulated over batches, reduced to the metrics at the end.
+
+    The counts live on the device of the last batch (one ``torch.bincount`` per update, no copy to the host).
+
+    Args:
+        num_classes: number of classes K.
+        ignore_index: target label of the pixels to leave out, or None.
+
+    Example::
+
+        cm = ConfusionMatrix(14)
+        for images, masks in loader:
+            cm.update(model(images), masks)
+        scores = cm.compute()  # scores["macro_f1"], scores["iou_per_class"], ...
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+
+    def reset(self) -> None:
+        """Set all counts back to 0."""
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            pred: predicted labels, or logits / scores whose argmax over dim 1 is taken.
+            target: target labels, any integer dtype.
+
+        Shape:
+            - pred: ``(B, H, W)`` labels or ``(B, K, H, W)`` logits
+            - target: ``(B, H, W)``
+
+        Raises:
+            ValueError: mismatching shapes, or a label outside ``0 .. K-1`` (other than ``ignore_index``).
+        """
+        k = self.num_classes
+        if pred.dim() == target.dim() + 1:
+            if pred.shape[1] != k:
+                raise ValueError(f"pred has {pred.shape[1]} class scores in dim 1, expected {k}")
+            pred = pred.argmax(dim=1)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} and {tuple(target.shape)}")
+        target, pred = target.reshape(-1).long(), pred.reshape(-1).to(target.device).long()
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            target, pred = target[keep], pred[keep]
+        if ((target < 0) | (target >= k) | (pred < 0) | (pred >= k)).any():
+            raise ValueError(f"labels must lie in 0..{k - 1} (or be ignore_index={self.ignore_index})")
+        counts = torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
+        self.matrix = self.matrix.to(counts.device) + counts
+
+    def compute(self) -> dict:
+        """The metrics of everything accumulated so far.
+
+        Returns:
+            dict with ``f1_per_class``, ``iou_per_class`` (float64 arrays (K,), NaN for absent classes),
+            ``macro_f1``, ``mean_iou``, ``pixel_accuracy`` (floats) and ``support`` (int64 array (K,), the number
+            of target pixels of each class).
+        """
+        cm = self.matrix.cpu()
+        return {
+            "f1_per_class": f1_per_class(cm),
+            "iou_per_class": iou_per_class(cm),
+            "macro_f1": macro_f1(cm),
+            "mean_iou": mean_iou(cm),
+            "pixel_accuracy": pixel_accuracy(cm),
+            "support": cm.sum(dim=1).numpy(),
+        }
+
+
+def constant_predictor_scores(frequencies: ArrayLike, predicted_class: int) -> dict:
+    """Accuracy and macro F1 of a model that predicts ``predicted_class`` for every pixel.
+
+    All the pixels land in column ``predicted_class`` of the confusion matrix: the accuracy is that class's
+    frequency f, its F1 is ``f / (f + (1 - f) / 2) = 2 f / (1 + f)``, and every other class that occurs has
+    ``TP = 0`` hence F1 = 0, so the macro F1 is ``2 f / (1 + f) / K`` when all K classes occur. With the real
+    frequencies and "wall" (f = 0.3367): accuracy 0.3367, macro F1 = 0.5038 / 14 = 0.0360.
+
+    Args:
+        frequencies: share (or count) of the pixels of each class, shape (K,); normalised here to sum to 1.
+        predicted_class: the class always predicted.
+
+    Returns:
+        ``{"accuracy": float, "macro_f1": float}``
+    """
+    freq = np.asarray(frequencies, dtype=np.float64)
+    if freq.ndim != 1 or (freq < 0).any() or freq.sum() <= 0:
+        raise ValueError("frequencies must be a 1-d array of non-negative numbers with a positive sum")
+    if not 0 <= predicted_class < len(freq):
+        raise ValueError(f"predicted_class must be in 0..{len(freq) - 1}, got {predicted_class}")
+    cm = np.zeros((len(freq), len(freq)))
+    cm[:, predicted_class] = freq / freq.sum()
+    return {"accuracy": pixel_accuracy(cm), "macro_f1": macro_f1(cm)}

@@ -1,0 +1,151 @@
+"""Model registry, parameter count and a layer-by-layer summary; ``python -m labcode.models`` prints one.
+
+Example::
+
+    python -m labcode.models --model unet --img-size 256 --num-blocks 4 --base-chan 64
+    python -m labcode.models --model deeplabv3plus --img-size 97 65 --base-chan 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from labcode.classes import NUM_CLASSES
+from labcode.deeplab import DeepLabV3Plus
+from labcode.errors import UnknownNameError, unknown_name
+from labcode.unet import UNet
+
+#: Model classes by name; each is called as ``cls(num_classes, **options)``.
+MODELS: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "deeplabv3plus": DeepLabV3Plus,
+}
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a key of ``MODELS`` (``unet``, ``deeplabv3plus``).
+        num_classes: number of classes K (output channels).
+        **options: keyword arguments of the model class, e.g. ``num_blocks``, ``base_chan`` for ``unet``;
+            ``base_chan``, ``depths``, ``aspp_chan`` for ``deeplabv3plus``.
+
+    Raises:
+        UnknownNameError: unknown model name, or an option the model does not take (the message lists the valid
+            ones).
+    """
+    if name not in MODELS:
+        raise unknown_name("model", name, list(MODELS))
+    cls = MODELS[name]
+    valid = [p for p in inspect.signature(cls).parameters if p != "num_classes"]
+    for option in options:
+        if option not in valid:
+            raise UnknownNameError(f"model {name!r} has no option {option!r}; valid options: {', '.join(valid)}")
+    return cls(num_classes, **options)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _shape_of(output) -> str:
+    if isinstance(output, torch.Tensor):
+        return str(tuple(output.shape))
+    if isinstance(output, (tuple, list)):
+        return ", ".join(_shape_of(o) for o in output)
+    return type(output).__name__
+
+
+def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)) -> str:
+    """A table of the leaf modules in call order: name, type, output shape, number of parameters; then totals.
+
+    A dummy batch of zeros of ``input_size`` goes through the model in eval mode, without gradients, on the device of
+    the model's parameters; forward hooks record each leaf module's output. The training mode is restored after.
+
+    Args:
+        model: any ``nn.Module`` taking one image tensor.
+        input_size: shape of the dummy batch, ``(B, C, H, W)``.
+
+    Returns:
+        The table as a multi-line string (the caller prints it).
+    """
+    rows: list[tuple[str, str, str, int | None]] = []
+    seen: set[int] = set()
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            first_call = id(module) not in seen  # a module called twice counts its parameters once
+            seen.add(id(module))
+            n = sum(p.numel() for p in module.parameters(recurse=False)) if first_call else None
+            rows.append((name or "(model)", type(module).__name__, _shape_of(output), n))
+
+        return hook
+
+    leaves = [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(record(name)) for name, m in leaves]
+    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(torch.zeros(tuple(input_size), device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    header = ("module", "type", "output shape", "params")
+    table = [header] + [(n, t, s, "" if p is None else f"{p:,}") for n, t, s, p in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+
+    def fmt(row) -> str:
+        name, kind, shape, params = row
+        return f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {shape:<{widths[2]}}  {params:>{widths[3]}}"
+
+    rule = "-" * len(fmt(header))
+    total, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    lines = [f"{type(model).__name__} on input {tuple(input_size)}", rule, fmt(header), rule]
+    lines += [fmt(row) for row in table[1:]]
+    lines += [
+        rule,
+        f"output shape: {_shape_of(output)}",
+        f"total parameters: {total:,}",
+        f"trainable parameters: {trainable:,}",
+        f"parameter size: {sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20:.1f} MiB",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the summary of a model on a dummy batch (``python -m labcode.models --help``)."""
+    parser = argparse.ArgumentParser(prog="python -m labcode.models", description=main.__doc__)
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
+    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="number of classes (default: 14)")
+    parser.add_argument("--img-size", type=int, nargs="+", default=[256], metavar="N",
+                        help="image size: N for N×N or H W (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=1, help="dummy batch size (default: 1)")
+    parser.add_argument("--num-blocks", type=int, help="UNet: number of encoder/decoder blocks")
+    parser.add_argument("--base-chan", type=int, help="channels of the first block/stage")
+    args = parser.parse_args(argv)
+    if len(args.img_size) not in (1, 2):
+        parser.error("--img-size takes one (N) or two (H W) integers")
+    height, width = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
+    options = {"num_blocks": args.num_blocks, "base_chan": args.base_chan}
+    try:
+        model = build_model(args.model, args.num_classes, **{k: v for k, v in options.items() if v is not None})
+    except UnknownNameError as err:
+        parser.error(str(err))
+    print(model_summary(model, (args.batch_size, 3, height, width)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""UNet: the block/encoder/decoder contract of the lab, any input size, injectable blocks, exercise regions."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import labcode.unet
+from labcode.models import count_parameters
+from labcode.unet import UNet, UNetConvBlock, UNetDecoder, UNetEncoder, UNetUpConvBlock
+
+
+def conv_relu_bn_layers(block: nn.Module) -> list[type]:
+    return [type(m) for m in block]
+
+
+def test_conv_block_layers_and_outputs():
+    block = UNetConvBlock(3, 16)
+    for sub in (block.block1, block.block2):
+        assert conv_relu_bn_layers(sub) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+        assert sub[0].kernel_size == (3, 3) and sub[0].out_channels == 16 and sub[2].num_features == 16
+    assert block.block1[0].in_channels == 3 and block.block2[0].in_channels == 16
+
+    x = torch.randn(2, 3, 32, 48)
+    assert block.block1(x).shape == (2, 16, 32, 48)
+    assert block.block2(block.block1(x)).shape == (2, 16, 32, 48)
+    assert block.block3(x).shape == (2, 3, 16, 24)  # the 2×2 max-pooling halves the size
+
+    block.eval()
+    outputs, features = block(x)
+    assert outputs.shape == (2, 16, 16, 24) and features.shape == (2, 16, 32, 48)
+    torch.testing.assert_close(features, block.block2(block.block1(x)))
+    torch.testing.assert_close(outputs, F.max_pool2d(features, 2))
+
+
+def test_conv_block_parameter_count_by_hand():
+    cin, cout = 3, 16
+    conv1 = cin * cout * 9 + cout  # weights + biases
+    conv2 = cout * cout * 9 + cout
+    batchnorms = 2 * (2 * cout)  # gamma and beta of each BatchNorm
+    block = UNetConvBlock(cin, cout)
+    assert count_parameters(block) == conv1 + conv2 + batchnorms == 2832
+
+
+def test_encoder_shapes_four_blocks_base_64():
+    encoder = UNetEncoder(3, num_blocks=4, base_chan=64)
+    assert isinstance(encoder.blocks, nn.ModuleList) and len(encoder.blocks) == 4
+    assert encoder.cout == 64 * 2**4
+    outputs, features = encoder(torch.randn(2, 3, 32, 32))
+    assert [tuple(f.shape) for f in features] == [(2, 64, 32, 32), (2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
+    assert outputs.shape == (2, 1024, 2, 2)
+    assert conv_relu_bn_layers(encoder.bottleneck) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+
+
+def test_up_conv_block_shapes():
+    block = UNetUpConvBlock(64, 32)
+    assert isinstance(block.upconv[0], nn.Upsample)
+    assert conv_relu_bn_layers(block.upconv)[1:] == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+    assert conv_relu_bn_layers(block.convblock) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d] * 2
+    assert block.upconv(torch.randn(2, 64, 8, 10)).shape == (2, 32, 16, 20)
+    assert block.convblock[0].in_channels == 64  # 32 upsampled + 32 encoder channels
+    out = block(torch.randn(2, 64, 8, 10), torch.randn(2, 32, 16, 20))
+    assert out.shape == (2, 32, 16, 20)
+
+
+@pytest.fixture(scope="module")
+def default_unet():
+    return UNet(14)
+
+
+def test_decoder_with_documented_encoder_features(default_unet):
+    decoder = default_unet.decoder
+    assert isinstance(decoder, UNetDecoder)
+    assert conv_relu_bn_layers(decoder.first_block) == [nn.Conv2d, nn.ReLU, nn.BatchNorm2d]
+    assert decoder.first_block[0].out_channels == 1024
+    assert decoder.classifier.kernel_size == (1, 1) and decoder.classifier.in_channels == 64
+    features = [torch.randn(1, 64 * 2**i, 32 // 2**i, 48 // 2**i) for i in range(4)]  # as the encoder returns them
+    out = decoder(torch.randn(1, 1024, 2, 3), features)
+    assert out.shape == (1, 14, 32, 48)
+    with pytest.raises(ValueError):  # one feature map missing
+        decoder(torch.randn(1, 1024, 2, 3), features[1:])
+
+
+def test_unet_default_configuration(default_unet):
+    model = default_unet
+    assert model.encoder.cout == 1024 and len(model.decoder.up_blocks) == 4
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 14, 32, 32)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("shape", "num_blocks", "base_chan"),
+    [((1, 3, 1080, 1080), 4, 2), ((3, 3, 97, 65), 4, 4), ((2, 3, 64, 48), 3, 4), ((1, 3, 1, 1), 2, 4)],
+)
+def test_unet_any_input_size(shape, num_blocks, base_chan):
+    model = UNet(5, num_blocks=num_blocks, base_chan=base_chan).eval()
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == (shape[0], 5, *shape[2:])
+    assert torch.isfinite(out).all()
+
+
+def test_unet_pads_around_the_image_and_crops_back():
+    model = UNet(4, num_blocks=3, base_chan=4).eval()
+    x = torch.randn(2, 3, 29, 21)  # padded to 32 × 24: 1 row/col before, 2 after
+    with torch.no_grad():
+        out = model(x)
+        reference = model(F.pad(x, (1, 2, 1, 2)))[:, :, 1:30, 1:22]
+    torch.testing.assert_close(out, reference)
+
+
+def test_unet_forward_backward_cpu():
+    torch.manual_seed(0)
+    model = UNet(5, num_blocks=3, base_chan=4)
+    x, target = torch.randn(2, 3, 37, 45), torch.randint(0, 5, (2, 37, 45))
+    loss = F.cross_entropy(model(x), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_injected_blocks_are_used():
+    calls = {"down": 0, "up": 0}
+
+    class MyConvBlock(UNetConvBlock):
+        def forward(self, x):
+            calls["down"] += 1
+            return super().forward(x)
+
+    class MyUpConvBlock(UNetUpConvBlock):
+        def forward(self, inputs, encoder_features):
+            calls["up"] += 1
+            return super().forward(inputs, encoder_features)
+
+    model = UNet(3, num_blocks=3, base_chan=4, conv_block=MyConvBlock, upconv_block=MyUpConvBlock)
+    assert all(isinstance(b, MyConvBlock) for b in model.encoder.blocks)
+    assert all(isinstance(b, MyUpConvBlock) for b in model.decoder.up_blocks)
+    model(torch.randn(1, 3, 16, 16))
+    assert calls == {"down": 3, "up": 3}
+
+
+# --- exercise regions: what tools/release.py will blank out ---------------------------------------------------------
+
+EXPECTED_TITLES = [
+    "UNetConvBlock layers",
+    "UNetConvBlock forward",
+    "Encoder bottleneck",
+    "UNetUpConvBlock layers",
+    "UNetUpConvBlock forward",
+    "Decoder first and last layers",
+]
+BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION 03_unet: (.+)$")
+
+
+def solution_regions(lines):
+    regions, start = [], None
+    for i, line in enumerate(lines):
+        if BEGIN.match(line):
+            assert start is None, f"nested region at line {i + 1}"
+            start = i
+        elif line.strip() == "# END SOLUTION":
+            assert start is not None, f"END without BEGIN at line {i + 1}"
+            regions.append((start, i))
+            start = None
+    assert start is None, "unterminated region"
+    return regions
+
+
+def test_exercise_regions_are_well_formed_and_release_compiles():
+    source = Path(labcode.unet.__file__).read_text()
+    lines = source.splitlines()
+    regions = solution_regions(lines)
+    assert [BEGIN.match(lines[s]).group(2) for s, _ in regions] == EXPECTED_TITLES
+
+    # Each region sits inside a method body: a function node contains both marker lines.
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)]
+    for s, e in regions:
+        assert any(f.lineno < s + 1 and e + 1 <= f.end_lineno + 1 for f in functions), lines[s]
+        assert e - s - 1 <= 12, f"region {lines[s]!r} is not small"
+
+    # The student copy (each region replaced by a raise) must still be valid Python.
+    released = list(lines)
+    for s, e in reversed(regions):
+        indent, title = BEGIN.match(lines[s]).groups()
+        released[s : e + 1] = [f"{indent}raise NotImplementedError({title!r})"]
+    compile("\n".join(released), "unet_release.py", "exec")
+    assert "for block in self.blocks" in "\n".join(released)  # the propagation loop stays in the student version
