@@ -1,0 +1,110 @@
+"""The page in headless Chromium: pick a photo through the form, wait for the segmentation, check it, screenshot.
+
+Set ``LABCODE_SCREENSHOT_DIR`` to keep the screenshot somewhere else than the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from labcode.classes import CLASS_COLORS, CLASSES
+from tests.test_serve import decode_png, encode, photo, running_server, tiny_model
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                       reason="headless browser test needs chromium and chromedriver on PATH "
+                              "(Debian: apt-get install chromium chromium-driver)"),
+]
+
+#: JavaScript returning the distinct colours of an <img> (drawn on a canvas) and its natural size.
+READ_PIXELS = """
+const img = document.getElementById(arguments[0]);
+const canvas = document.createElement("canvas");
+canvas.width = img.naturalWidth;
+canvas.height = img.naturalHeight;
+const context = canvas.getContext("2d");
+context.drawImage(img, 0, 0);
+const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+const colours = new Set();
+for (let i = 0; i < data.length; i += 4) colours.add(`${data[i]},${data[i + 1]},${data[i + 2]},${data[i + 3]}`);
+return [canvas.width, canvas.height, Array.from(colours)];
+"""
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1500,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_uploads_a_photo_and_shows_its_segmentation(browser, tmp_path, tmp_path_factory):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = tiny_model(tmp_path_factory)
+    width, height = 320, 240
+    photo_path = tmp_path / "room.jpg"
+    photo_path.write_bytes(encode(photo(width, height, seed=5), "JPEG", quality=92))
+    with running_server(model, tmp_path / "server.log", "--max-upload-mb", "1") as url:
+        browser.get(f"{url}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) == len(CLASSES))
+        assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")] == list(CLASSES)
+        assert model.name in browser.find_element(By.ID, "model").text
+
+        browser.find_element(By.ID, "file").send_keys(str(photo_path))
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error", "request failed")))
+        assert browser.find_element(By.ID, "status").text.startswith(f"done: {width}x{height}")
+        wait.until(lambda d: d.execute_script("return document.getElementById('input').naturalWidth") > 0)
+
+        shown_width, shown_height, colours = browser.execute_script(READ_PIXELS, "result")
+        assert (shown_width, shown_height) == (width, height)
+        legend = {f"{r},{g},{b},255" for r, g, b in CLASS_COLORS.tolist()}
+        assert set(colours) <= legend  # the page shows the mask (its default view): legend colours only
+        api = decode_png(httpx.post(f"{url}/segment", files={"file": ("room.jpg", photo_path.read_bytes())},
+                                    params={"view": "mask"}, timeout=60).content)
+        assert set(colours) == {f"{r},{g},{b},255" for r, g, b in np.unique(api.reshape(-1, 3), axis=0).tolist()}
+
+        screenshot_dir = Path(os.environ.get("LABCODE_SCREENSHOT_DIR", tmp_path))
+        screenshot_dir.mkdir(parents=True, exist_ok=True)
+        screenshot = screenshot_dir / "serve_page.png"
+        assert browser.save_screenshot(str(screenshot))
+        with Image.open(screenshot) as shot:
+            assert shot.size[0] >= 1000 and shot.size[1] >= 500
+            pixels = np.asarray(shot.convert("RGB")).reshape(-1, 3)
+        present = {tuple(c) for c in np.unique(api.reshape(-1, 3), axis=0).tolist()} - {(0, 0, 0)}
+        on_screen = {tuple(c) for c in np.unique(pixels, axis=0).tolist()}
+        assert present & on_screen  # the segmentation's colours are visible in the screenshot
+
+        not_image = tmp_path / "notes.txt"
+        not_image.write_text("not a photo")
+        browser.find_element(By.ID, "file").send_keys(str(not_image))
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("error"))
+        assert "error 400: notes.txt is not an image" in browser.find_element(By.ID, "status").text
