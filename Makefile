@@ -29,7 +29,7 @@ release: setup
 
 ## Figures of the book, then the book itself.
 figures: setup
-	$(VENV)/python tools/make_figures.py
+	$(VENV)/python tools/make_figures.py $(if $(wildcard runs/pipeline/best.onnx),--model runs/pipeline/best.onnx)
 
 book: figures
 	$(VENV)/jupyter-book build book -W -n --keep-going

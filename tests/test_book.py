@@ -1,0 +1,533 @@
+"""The course site: draw the figures, build the Jupyter Book once, then check the built pages.
+
+The book is built in a temporary copy of its sources (``_config.yml``, ``_toc.yml``, ``book/``, ``notebooks/``), with
+the figures drawn there by ``tools/make_figures.py``, exactly as ``make book`` would: ``jupyter-book build book -W -n
+--keep-going``. The checks: the figures and generated tables match the library, every page of the table of contents
+and every student notebook is built, internal links and anchors resolve, the launch and download buttons point where
+they should, the bibliography lists the references, no solution or hidden test of ``solutions/`` reaches any page,
+and the home page and a notebook page render in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import unicodedata
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = [
+    "01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "05_training", "06_inference_onnx",
+    "07_going_further",
+]
+CHAPTERS = [
+    "chapters/data_exploration", "chapters/data_pipeline", "chapters/model", "chapters/metrics", "chapters/losses",
+    "chapters/training", "chapters/inference", "chapters/going_further",
+]
+FIGURES = ["sample.png", "augmentation.png", "class_histogram.png", "focal_term.png", "unet_diagram.png",
+           "prediction.png"]
+TABLES = ["areas.md", "unet_shapes.md"]
+
+bs4 = pytest.importorskip("bs4")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building once per session
+# --------------------------------------------------------------------------------------------------------------------
+
+def _copy_sources(dest: Path) -> Path:
+    """Copy what the book is built from into ``dest`` (symbolic links kept, build output and figures left out)."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "book", dest / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("_build", "generated", ".ipynb_checkpoints"))
+    shutil.copytree(REPO / "notebooks", dest / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "data", "runs"))
+    return dest / "book"
+
+
+@pytest.fixture(scope="session")
+def book_sources(tmp_path_factory) -> Path:
+    """A copy of the book's sources with freshly drawn figures (``tools/make_figures.py``)."""
+    if not (REPO / "notebooks" / "segmentation").is_dir():
+        pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
+    book = _copy_sources(tmp_path_factory.mktemp("site"))
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_figures.py"), "--out", str(book / "figures" / "generated"),
+         "--train-seconds", "5", "--threads", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"make_figures.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return book
+
+
+@pytest.fixture(scope="session")
+def site(book_sources: Path) -> Path:
+    """The HTML site built from the copy with the options of ``make book``; fails on any Sphinx warning."""
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run(
+        [str(jupyter_book), "build", str(book_sources), "-W", "-n", "--keep-going"],
+        cwd=book_sources.parent, capture_output=True, text=True, timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert proc.returncode == 0, "the book build failed:\n" + "\n".join(warnings or [log[-5000:]])
+    html = book_sources / "_build" / "html"
+    assert (html / "index.html").is_file()
+    return html
+
+
+def _soup(path: Path):
+    return bs4.BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+
+
+def _toc_files(node) -> list[str]:
+    """Every ``root`` and ``file`` entry of a table of contents, in order."""
+    found = []
+    if isinstance(node, dict):
+        for key in ("root", "file"):
+            if key in node:
+                found.append(node[key])
+        for value in node.values():
+            if isinstance(value, (list, dict)):
+                found += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _toc_files(item)
+    return found
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _letters(text: str) -> str:
+    """Lower-case ASCII letters and digits separated by single spaces (accents dropped): text to compare loosely."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", " ", ascii_text.lower()).strip()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_figures_are_drawn_from_the_library(book_sources: Path):
+    from PIL import Image
+
+    out = book_sources / "figures" / "generated"
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG", name
+            pixels = np.asarray(image.convert("L"), dtype=np.float64)
+        assert min(pixels.shape) >= 200, f"{name} is only {pixels.shape}"
+        assert pixels.std() > 5, f"{name} looks blank"
+
+    # The UNet table comes from a real forward pass of a 256x256 image through the lab's UNet (4 blocks, 64
+    # channels): compare with the sizes the architecture implies.
+    rows = [line for line in (out / "unet_shapes.md").read_text().splitlines() if line.startswith("| ")]
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[2:]}
+    for i in range(4):
+        module, output, skip, _ = cells[f"encoder conv block {i + 1}"]
+        c, side = 64 * 2**i, 256 // 2**i
+        assert module == f"`encoder.blocks[{i}]`"
+        assert output == f"{c} × {side // 2} × {side // 2}" and skip == f"{c} × {side} × {side}"
+    assert cells["encoder bottleneck"][1] == "1024 × 16 × 16"
+    for j in range(4):
+        c, side = 512 // 2**j, 32 * 2**j
+        assert cells[f"decoder up block {j + 1}"][1] == f"{c} × {side} × {side}"
+    assert cells["decoder classifier (1x1 conv)"][1] == "14 × 256 × 256"
+    assert cells["decoder classifier (1x1 conv)"][3] == f"{64 * 14 + 14:,}"  # 1x1 conv: weights and biases
+    from labcode.models import build_model, count_parameters
+
+    assert cells["**total**"][3] == f"**{count_parameters(build_model('unet', 14)):,}**"
+
+    # The area table: the real counts of the data set paper and the images actually on disk.
+    from labcode.data import StanfordDataset, default_datadir
+    from labcode.synth import REAL_AREA_IMAGES
+
+    lines = (out / "areas.md").read_text().splitlines()[2:]
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]] for line in lines}
+    for area, real in REAL_AREA_IMAGES.items():
+        here = len(StanfordDataset(default_datadir(), areas=[area]))
+        assert table[area] == [f"{real:,}", f"{here:,}"], area
+    assert table["**total**"][0] == f"**{sum(REAL_AREA_IMAGES.values()):,}**"
+
+
+def _load_make_figures():
+    spec = importlib.util.spec_from_file_location("make_figures", REPO / "tools" / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _AlwaysWall(torch.nn.Module):
+    """A 1x1 convolution whose logits favour "wall" everywhere: a model with a known prediction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 14, kernel_size=1)
+        torch.nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(12), 14).float())
+
+    def forward(self, x):
+        return self.head(x)
+
+
+@pytest.mark.slow
+def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path: Path, capsys):
+    from labcode.export import export_onnx
+    from labcode.synth import REAL_AREA_IMAGES
+
+    make_figures = _load_make_figures()
+    onnx_path = export_onnx(_AlwaysWall(), tmp_path / "wall.onnx")
+    images = np.zeros((2, 40, 56, 3), dtype=np.uint8)
+    preds = make_figures.predict_with_file(onnx_path, images, img_size=32)
+    assert preds.shape == (2, 40, 56) and (preds == 12).all()
+
+    out = tmp_path / "figures"
+    assert make_figures.main(["--datadir", str(synth_root), "--out", str(out), "--model", str(onnx_path),
+                              "--threads", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES + TABLES)
+    assert "figures written to" in capsys.readouterr().out
+    lines = (out / "areas.md").read_text().splitlines()[2:]
+    table = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in lines}
+    assert all(table[area] == "4" for area in REAL_AREA_IMAGES)  # the fixture has 4 images per area
+    assert table["**total**"] == f"**{4 * len(REAL_AREA_IMAGES)}**"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pages and links
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_every_toc_page_and_notebook_is_built(site: Path):
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = _toc_files(toc)
+    expected = ["intro", "setup", "instructors", *CHAPTERS, "serving", "bibliography"]
+    expected += [f"notebooks/segmentation/{name}" for name in NOTEBOOKS]
+    assert sorted(files) == sorted(expected), "the table of contents changed: update the test and the site"
+    for name in files:
+        page = site / f"{name}.html"
+        assert page.is_file(), f"{name} is in _toc.yml but {page.name} was not built"
+        assert _soup(page).select_one("article h1") is not None, f"{name}.html has no title"
+    # No page of the stripped library copied beside the notebooks.
+    assert not (site / "notebooks" / "segmentation" / "labcode").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_page_shows_the_student_notebook(site: Path, name: str):
+    notebook = nbformat.read(REPO / "notebooks" / "segmentation" / f"{name}.ipynb", as_version=4)
+    page = site / "notebooks" / "segmentation" / f"{name}.html"
+    text = _squash(_soup(page).get_text())
+    code_cells = [c for c in notebook.cells if c.cell_type == "code" and c.source.strip()
+                  and not {"remove-cell", "remove-input"} & set(c.metadata.get("tags", []))]
+    assert code_cells, f"{name} has no code cell"
+    for cell in code_cells:
+        first = next(line for line in cell.source.splitlines() if line.strip())
+        assert _squash(first) in text, f"{name}.html lacks the code cell starting with {first!r}"
+
+    # The download button serves this very notebook, and the launch button opens it on the hub.
+    downloaded = page.parent / "../../_sources/notebooks/segmentation" / f"{name}.ipynb"
+    assert [c.source for c in nbformat.read(downloaded, as_version=4).cells] == [c.source for c in notebook.cells]
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    hub = config["launch_buttons"]["jupyterhub_url"].rstrip("/")
+    repo_name = config["repository"]["url"].rstrip("/").rsplit("/", 1)[-1]
+    launch = [a["href"] for a in _soup(page).find_all("a", href=True) if a["href"].startswith(hub)]
+    assert launch, f"{name}.html has no JupyterHub launch button"
+    assert f"urlpath=lab/tree/{repo_name}/notebooks/segmentation/{name}.ipynb" in unquote(launch[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_says_what_its_notebook_needs(site: Path, chapter: str):
+    soup = _soup(site / f"{chapter}.html")
+    admonitions = [a for a in soup.select("div.admonition") if "What this notebook needs" in a.get_text()]
+    assert admonitions, f"{chapter} lacks its 'What this notebook needs' box"
+    box = _squash(admonitions[0].get_text())
+    assert "Hardware:" in box and "Time:" in box
+    links = [a["href"] for a in admonitions[0].find_all("a", href=True)]
+    assert any(re.search(r"notebooks/segmentation/0\d_\w+\.html$", href) for href in links), links
+
+
+def _local_target(page: Path, url: str) -> tuple[Path, str] | None:
+    """The file and fragment a local URL of ``page`` points to, or None for external and special URLs."""
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc or url.startswith(("mailto:", "javascript:", "data:")):
+        return None
+    target = page.resolve() if not parts.path else (page.parent / unquote(parts.path)).resolve()
+    if target.is_dir():
+        target = target / "index.html"
+    return target, unquote(parts.fragment)
+
+
+@pytest.mark.slow
+def test_internal_links_and_anchors_resolve(site: Path):
+    ids: dict[Path, set[str]] = {}
+
+    def anchors(path: Path) -> set[str]:
+        if path not in ids:
+            soup = _soup(path)
+            ids[path] = {tag["id"] for tag in soup.find_all(id=True)}
+            ids[path] |= {tag["name"] for tag in soup.find_all(attrs={"name": True})}
+        return ids[path]
+
+    broken, checked = [], 0
+    pages = sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)  # not templates
+    for page in pages:
+        soup = _soup(page)
+        urls = [(tag.name, tag.get("href") or tag.get("src")) for tag in soup.find_all(["a", "img", "link", "script"])]
+        for tag, url in urls:
+            if not url or url == "#":
+                continue
+            local = _local_target(page, url)
+            if local is None:
+                continue
+            target, fragment = local
+            checked += 1
+            if not target.is_relative_to(site.resolve()):
+                broken.append(f"{page.relative_to(site)}: <{tag}> {url} -> outside the site")
+            elif not target.is_file():
+                broken.append(f"{page.relative_to(site)}: <{tag}> {url} -> missing file")
+            elif fragment and target.suffix == ".html" and fragment not in anchors(target):
+                broken.append(f"{page.relative_to(site)}: <{tag}> {url} -> no anchor #{fragment}")
+    assert checked > 100, f"only {checked} local links found in {len(pages)} pages"
+    assert not broken, "broken internal links:\n" + "\n".join(broken[:40])
+
+
+@pytest.mark.slow
+def test_bibliography_lists_the_references(site: Path):
+    bib = (REPO / "book" / "references.bib").read_text()
+    titles = re.findall(r"^\s*title\s*=\s*\{(.*?)\},?\s*$", bib, re.M | re.S)
+    keys = re.findall(r"^@\w+\{(\w+),", bib, re.M)
+    assert len(titles) == len(keys) >= 10
+    page = _letters(_soup(site / "bibliography.html").get_text())
+    for key, title in zip(keys, titles):
+        plain = _letters(re.sub(r"\\['\"`^~=.]|[{}]", "", title))  # LaTeX accents and braces out
+        assert plain[:50] in page, f"{key} ({title!r}) is missing from the bibliography page"
+    for key in ("Long2015", "Ronneberger2015", "Milletari2016", "Badrinarayanan2017", "Chen2018", "Lin2017",
+                "Cui2019", "Yeung2022", "Abhishek2021", "Armeni2017"):
+        assert key in keys
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# No solution in the site
+# --------------------------------------------------------------------------------------------------------------------
+
+REGIONS = [("### BEGIN SOLUTION", "### END SOLUTION"), ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")]
+
+
+def _split_regions(source: str) -> tuple[list[str], list[str]]:
+    """(lines inside solution or hidden-test regions, lines outside them) of one cell."""
+    inside, outside, end = [], [], None
+    for line in source.splitlines():
+        stripped = line.strip()
+        if end is None:
+            begun = [e for b, e in REGIONS if stripped.startswith(b)]
+            if begun:
+                end = begun[0]
+            else:
+                outside.append(line)
+        elif stripped.startswith(end):
+            end = None
+        else:
+            inside.append(line)
+    return inside, outside
+
+
+def _meaningful(line: str, minimum: int = 12) -> bool:
+    """Skip lines that say nothing on their own: blank, brackets and punctuation, very short statements."""
+    text = _squash(line)
+    return len(text.replace(" ", "")) >= minimum and re.search(r"[A-Za-z]", text) is not None
+
+
+def secret_lines() -> dict[str, set[str]]:
+    """Lines of the instructor notebooks that students must not see, by notebook.
+
+    They are the lines of the ``### BEGIN/END SOLUTION`` and ``### BEGIN/END HIDDEN TESTS`` regions and of the
+    answer cells (markdown cells marked as solutions), less the trivial ones and those that also appear in the public
+    text of the same sources (a ``with torch.no_grad():`` is no secret). Markdown lines are also kept without their
+    inline markup, the way they read once rendered.
+    """
+    secret, public = {}, []
+    for path in sorted((REPO / "solutions" / "segmentation").glob("*.ipynb")):
+        lines = set()
+        for cell in nbformat.read(path, as_version=4).cells:
+            is_answer = cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution", False)
+            inside, outside = (cell.source.splitlines(), []) if is_answer else _split_regions(cell.source)
+            minimum = 12
+            if cell.cell_type == "markdown":  # prose: longer lines only, also as rendered (no backticks, emphasis, $)
+                inside, minimum = inside + [_unmarked(line) for line in inside], 30
+            lines |= {_squash(line) for line in inside if _meaningful(line, minimum)}
+            public += [_squash("\n".join(outside)), _squash(_unmarked("\n".join(outside)))]
+        secret[path.stem] = lines
+    public_text = "\n".join(public)  # a secret line found anywhere in there (even re-wrapped) is public after all
+    return {stem: {line for line in lines if line not in public_text} for stem, lines in secret.items()}
+
+
+def _unmarked(text: str) -> str:
+    return re.sub(r"[`*$]", "", text)
+
+
+def _site_texts(site: Path) -> dict[str, str]:
+    """Every text a reader can get from the site: rendered pages, and the sources offered for download."""
+    texts = {}
+    for path in sorted(site.rglob("*")):
+        rel = str(path.relative_to(site))
+        if path.suffix == ".html":
+            soup = _soup(path)
+            texts[rel] = _squash(soup.get_text(" ")) + " " + _squash(soup.get_text())
+        elif path.suffix == ".ipynb":
+            cells = nbformat.read(path, as_version=4).cells
+            texts[rel] = " ".join(_squash(c.source) for c in cells) + " " + \
+                " ".join(_squash(line) for c in cells for line in c.source.splitlines())
+        elif path.suffix in (".md", ".txt", ".py"):
+            texts[rel] = _squash(path.read_text(encoding="utf-8", errors="replace"))
+    return texts
+
+
+def test_secret_lines_are_found_in_the_instructor_notebooks():
+    secrets = secret_lines()
+    assert secrets, "no instructor notebook in solutions/segmentation/"
+    assert sum(map(len, secrets.values())) >= 20, "suspiciously few solution lines: are the region markers right?"
+    inside, outside = _split_regions("a = 1\n### BEGIN SOLUTION\nsecret_value = compute()\n### END SOLUTION\nb = a")
+    assert inside == ["secret_value = compute()"] and outside == ["a = 1", "b = a"]
+
+
+@pytest.mark.slow
+def test_no_solution_line_reaches_the_site(site: Path):
+    texts = _site_texts(site)
+    assert any(rel.endswith(".ipynb") for rel in texts) and len(texts) > 20
+    leaks = [f"{rel}: {line!r} (from solutions/segmentation/{stem}.ipynb)"
+             for stem, lines in secret_lines().items() for line in sorted(lines)
+             for rel, text in texts.items() if line in text]
+    assert not leaks, "solution or hidden-test lines found in the site:\n" + "\n".join(leaks[:30])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rendering in a browser
+# --------------------------------------------------------------------------------------------------------------------
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the signature of the base class
+        pass
+
+
+@pytest.fixture
+def served_site(site: Path):
+    """The built site on an HTTP server on localhost (any free port), stopped after the test."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def chromium(tmp_path: Path, monkeypatch):
+    """Headless Chromium driven by selenium through the system's chromedriver."""
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("Chromium or chromedriver not found (install the Debian packages chromium and chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--no-first-run", "--window-size=1280,1000",
+                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _images_state(driver) -> list[list]:
+    return driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+
+
+def _open(driver, url: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    wait = WebDriverWait(driver, 30)
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    wait.until(lambda d: all(complete for _, complete, _ in _images_state(d)))
+
+
+def _screenshot(driver, path: Path) -> np.ndarray:
+    from PIL import Image
+
+    assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_site_renders_in_chromium(site: Path, served_site: str, chromium, tmp_path: Path):
+    # Home: index.html redirects to the introduction, whose figures must load.
+    _open(chromium, served_site + "index.html")
+    assert chromium.current_url.endswith("intro.html"), chromium.current_url
+    title = _soup(site / "intro.html").select_one("article h1").get_text(" ", strip=True).rstrip("#").strip()
+    assert "Semantic segmentation" in chromium.title and title.startswith("Semantic segmentation")
+    assert chromium.find_element("css selector", "article h1").text.startswith(title)
+    images = _images_state(chromium)
+    loaded = {Path(src).name for src, _, width in images if width > 0}
+    assert "sample.png" in loaded, f"the figure of the home page did not load: {images}"
+    assert not [img for img in images if img[2] == 0], f"broken images on the home page: {images}"
+    sidebar_width = chromium.execute_script(
+        "const s = document.querySelector('.bd-sidebar-primary'); return s ? s.getBoundingClientRect().width : 0;")
+    assert sidebar_width > 150, "the navigation sidebar is not laid out (theme CSS not applied?)"
+    home = _screenshot(chromium, tmp_path / "home.png")
+    assert home.shape[0] >= 800 and home.std() > 10, "the home page screenshot looks blank"
+
+    # A notebook page: its title, its code cells and the launch menu.
+    page = site / "notebooks" / "segmentation" / "03_unet.html"
+    _open(chromium, served_site + "notebooks/segmentation/03_unet.html")
+    title = _soup(page).select_one("article h1").get_text(" ", strip=True).rstrip("#").strip()
+    assert chromium.find_element("css selector", "article h1").text.startswith(title[:20])
+    cells = chromium.execute_script(
+        "return Array.from(document.querySelectorAll('div.cell_input')).map(c => c.getBoundingClientRect().height);")
+    assert cells and all(height > 0 for height in cells), f"code cells not rendered: {cells}"
+    assert chromium.execute_script("return document.querySelectorAll('.dropdown-launch-buttons').length") >= 1
+    assert not [img for img in _images_state(chromium) if img[2] == 0], "broken images on the notebook page"
+    notebook = _screenshot(chromium, tmp_path / "notebook.png")
+    assert notebook.std() > 10, "the notebook page screenshot looks blank"
+
+    # Every generated figure shows up, loaded, on the chapter pages.
+    shown = set()
+    for chapter in CHAPTERS:
+        _open(chromium, served_site + f"{chapter}.html")
+        images = _images_state(chromium)
+        assert not [img for img in images if img[2] == 0], f"broken images on {chapter}: {images}"
+        shown |= {Path(src).name for src, _, _ in images}
+    assert set(FIGURES) - {"sample.png"} <= shown, f"figures missing from the chapters: {sorted(shown)}"
