@@ -1,0 +1,47 @@
+"""nbgrader configuration of the course; every ``nbgrader`` command run from the repository root reads it.
+
+Course layout (nbgrader's ``{nbgrader_step}/{student_id}/{assignment_id}`` folders, rooted here):
+
+- ``solutions/segmentation/``: the instructor sources (solutions, hidden tests, instructor answers);
+- ``notebooks/segmentation/``: the student release, written by ``make release`` (``tools/release.py``), which runs
+  ``nbgrader generate_assignment`` and adds the student copy of the library (``labcode/`` with exercise stubs);
+- ``submitted/``, ``autograded/``, ``feedback/`` and ``gradebook.db``: grading work, git-ignored.
+
+The instructor workflow (generate, release, collect, autograde, feedback, export) is described in the book's
+instructor page. Settings a particular machine needs (the exchange folder shared with the students, a different
+course id) go in a ``nbgrader_config.py`` of the Jupyter config path or on the command line, e.g.
+``nbgrader release_assignment segmentation --Exchange.root=/srv/nbgrader/exchange``.
+"""
+
+import os
+
+c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Course directory
+# --------------------------------------------------------------------------------------------------------------------
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.course_id = "segmentation-lab"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "notebooks"
+# Never copied when assignments move around (release, fetch, submit, collect, autograde): caches, checkpoints and
+# the data sets and runs that the notebooks write next to themselves.
+c.CourseDirectory.ignore = [
+    ".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback",
+    "data", "runs", "*.onnx", "*.onnx.data", "*.pt", "*.pth",
+    "stand_in_photo.png", "*_segmentation.png", "*_segmentation_mask.png",
+]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Student version
+# --------------------------------------------------------------------------------------------------------------------
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# --------------------------------------------------------------------------------------------------------------------
+# Autograding
+# --------------------------------------------------------------------------------------------------------------------
+# Per-cell limit. While grading (NBGRADER_EXECUTION is set) the notebooks pick tiny settings: every cell, training
+# included, takes well under a minute on two CPU cores. A cell still running after this many seconds is interrupted,
+# recorded as failed (0 points for its test), and the remaining cells are executed and graded.
+c.ExecutePreprocessor.timeout = 300

@@ -1,0 +1,297 @@
+"""The student release: region stripping, sync with the sources, no leak of solutions, the students' self-check."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labcode.check import CHECKS
+from tools import release
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "solutions" / "segmentation"
+RELEASE = REPO / "notebooks" / "segmentation"
+STEMS = ["01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "05_training",
+         "06_inference_onnx", "07_going_further"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Region parsing and stripping
+# --------------------------------------------------------------------------------------------------------------------
+
+SAMPLE = '''def outer(x):
+    """Docstring mentioning ``# BEGIN SOLUTION`` markers is not a marker."""
+    y = x + 1
+    # BEGIN SOLUTION 03_unet: First part
+    z = y * 2
+    if z:
+        z -= 1
+    # END SOLUTION
+    return z
+
+
+class A:
+    def method(self):
+        # BEGIN SOLUTION 04_metrics_losses: Second part
+        return 42
+        # END SOLUTION
+'''
+
+
+def test_find_regions_reads_titles_lines_and_indentation():
+    regions = release.find_regions(SAMPLE, "sample.py")
+    assert [(r.stem, r.title, r.indent, r.begin, r.end) for r in regions] == [
+        ("03_unet", "First part", "    ", 4, 8),
+        ("04_metrics_losses", "Second part", "        ", 14, 16),
+    ]
+    assert regions[0].body == ("    z = y * 2", "    if z:", "        z -= 1")
+
+
+def test_strip_regions_leaves_an_indented_stub_that_names_the_question():
+    stripped = release.strip_regions(SAMPLE, "sample.py")
+    assert "z = y * 2" not in stripped and "return 42" not in stripped and "END SOLUTION" not in stripped
+    assert '    raise NotImplementedError("First part: write it (see notebook 03_unet.ipynb)")\n' in stripped
+    assert '        raise NotImplementedError("Second part: write it (see notebook 04_metrics_losses.ipynb)")\n' \
+        in stripped
+    namespace: dict = {}
+    exec(compile(stripped, "sample.py", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=r"^First part: write it \(see notebook 03_unet.ipynb\)$"):
+        namespace["outer"](1)
+    with pytest.raises(NotImplementedError, match="Second part"):
+        namespace["A"]().method()
+    # Lines outside the regions are kept verbatim, in order.
+    kept = [line for line in SAMPLE.splitlines() if line not in stripped.splitlines()]
+    assert kept == SAMPLE.splitlines()[3:8] + SAMPLE.splitlines()[13:16]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("# BEGIN SOLUTION 03_unet: a\n# BEGIN SOLUTION 03_unet: b\n# END SOLUTION\n", r"bad.py:2: BEGIN SOLUTION inside"),
+    ("x = 1\n# BEGIN SOLUTION 03_unet: a\nx = 2\n", r"bad.py:2: BEGIN SOLUTION without a matching END"),
+    ("x = 1\n# END SOLUTION\n", r"bad.py:2: END SOLUTION without a BEGIN"),
+    ("    # BEGIN SOLUTION 03_unet\n    # END SOLUTION\n", r"bad.py:1: malformed marker"),
+])
+def test_bad_markers_are_reported_with_file_and_line(text, message):
+    with pytest.raises(release.ReleaseError, match=message):
+        release.find_regions(text, "bad.py")
+
+
+def test_region_naming_an_unknown_notebook_is_refused(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "mod.py").write_text("def f():\n    # BEGIN SOLUTION 09_nothing: Foo\n    pass\n    # END SOLUTION\n")
+    with pytest.raises(release.ReleaseError, match=r"pkg/mod.py:2: region names notebook '09_nothing'"):
+        release.release_library(package, tmp_path / "out", {"01_data_exploration"})
+
+
+def test_every_library_exercise_has_a_question_and_a_self_check():
+    regions = [r for path in sorted((REPO / "labcode").rglob("*.py"))
+               for r in release.find_regions(path.read_text(), str(path))]
+    titles = {(r.stem, r.title) for r in regions}
+    assert {("02_data_pipeline", "Augmentation pipeline"), ("04_metrics_losses", "Class weights"),
+            ("03_unet", "UNetConvBlock layers"), ("03_unet", "Decoder first and last layers")} <= titles
+    assert titles <= {(c.notebook, c.title) for c in CHECKS}
+    for stem, title in titles:
+        assert title in (SOURCE / f"{stem}.ipynb").read_text(), f"{title!r} is not a question of {stem}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The release on disk
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fresh_release(tmp_path_factory) -> Path:
+    """A release built now from the sources, into a temporary folder."""
+    return release.build_release(tmp_path_factory.mktemp("release") / "notebooks")
+
+
+def test_release_is_in_sync_with_the_sources(fresh_release):
+    assert sorted(p.name for p in fresh_release.glob("*.ipynb")) == [f"{s}.ipynb" for s in STEMS]
+    diffs = release.compare_trees(fresh_release, RELEASE)
+    assert not diffs, f"notebooks/ is out of date, run `make release`; files that differ: {diffs}"
+
+
+def test_release_check_option_reports_a_stale_release(fresh_release, tmp_path, monkeypatch, capsys):
+    stale = tmp_path / "notebooks"
+    shutil.copytree(fresh_release, stale / "segmentation")
+    monkeypatch.setattr(release, "build_release", lambda out, db_url=None: fresh_release)
+    assert release.main(["--check", "--out", str(stale)]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    (stale / "segmentation" / "labcode" / "unet.py").write_text("# edited by hand\n")
+    (stale / "segmentation" / "stray.txt").write_text("not generated")
+    (stale / "segmentation" / "03_unet.ipynb").unlink()
+    for written_by_the_notebooks in ("runs/unet-1/best.pt", "data/synth-1/assets/synth.json", "stand_in_photo.png"):
+        (stale / "segmentation" / written_by_the_notebooks).parent.mkdir(parents=True, exist_ok=True)
+        (stale / "segmentation" / written_by_the_notebooks).write_text("not compared")
+    assert release.main(["--check", "--out", str(stale)]) == 1
+    out = capsys.readouterr().out
+    assert "(3 files differ)" in out and "run `make release`" in out
+    assert "  03_unet.ipynb\n" in out and "  labcode/unet.py\n" in out and "  stray.txt\n" in out
+
+
+def _solution_lines() -> tuple[set[str], set[str]]:
+    """(lines inside solution regions, hidden tests and instructor answers; lines elsewhere in the sources)."""
+    secret, public = set(), set()
+    for path in sorted(SOURCE.glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            info = cell.metadata.get("nbgrader", {})
+            lines = cell.source.splitlines()
+            if info.get("solution") and cell.cell_type == "markdown":
+                secret.update(lines)
+                continue
+            inside = False
+            for line in lines:
+                if re.search(r"### BEGIN (SOLUTION|HIDDEN TESTS)", line):
+                    inside = True
+                elif re.search(r"### END (SOLUTION|HIDDEN TESTS)", line):
+                    inside = False
+                else:
+                    (secret if inside else public).add(line)
+    for path in sorted((REPO / "labcode").rglob("*.py")):
+        text = path.read_text()
+        regions = release.find_regions(text, str(path))
+        inside = {n for r in regions for n in range(r.begin, r.end + 1)}
+        for number, line in enumerate(text.splitlines(), start=1):
+            (secret if number in inside else public).add(line)
+    normalise = lambda lines: {line.strip() for line in lines}  # noqa: E731
+    return normalise(secret), normalise(public)
+
+
+def test_no_solution_or_hidden_test_line_reaches_the_release():
+    secret, public = _solution_lines()
+    # Lines that also appear outside the regions (blank, `pass`, `return x`...) prove nothing.
+    telling = {line for line in secret - public if len(line) >= 8 and not line.startswith("#")}
+    assert len(telling) > 100, "the sources should hold solutions to look for"
+    leaks = {}
+    for path in sorted(RELEASE.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix == ".ipynb":
+            lines = [line for cell in nbformat.read(path, as_version=4).cells for line in cell.source.splitlines()]
+        else:
+            lines = path.read_text().splitlines()
+        found = telling & {line.strip() for line in lines}
+        if found:
+            leaks[str(path.relative_to(RELEASE))] = sorted(found)
+    assert not leaks, f"solution lines in the student release: {leaks}"
+    text = "\n".join(p.read_text() for p in RELEASE.glob("*.ipynb"))
+    assert "HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+
+
+def test_release_notebooks_keep_graded_cells_and_say_they_are_generated():
+    for stem in STEMS:
+        source = nbformat.read(SOURCE / f"{stem}.ipynb", as_version=4)
+        student = nbformat.read(RELEASE / f"{stem}.ipynb", as_version=4)
+        nbformat.validate(student)
+        ids = lambda nb: [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]  # noqa
+        assert ids(student) == ids(source) and ids(source), stem
+        first = student.cells[0].source.splitlines()
+        assert first[0] == source.cells[0].source.splitlines()[0] and first[0].startswith("# ")
+        assert f"generated by `make release` (`tools/release.py`) from the instructor notebook " \
+               f"`solutions/segmentation/{stem}.ipynb`" in student.cells[0].source
+        for cell in student.cells:
+            info = cell.metadata.get("nbgrader", {})
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None
+            if info.get("grade") and not info.get("solution"):
+                assert info["locked"] and info["points"] > 0, f"{stem}: test cell {info['grade_id']}"
+            if info.get("solution") and cell.cell_type == "markdown":
+                assert cell.source == "YOUR ANSWER HERE"
+            if info.get("solution") and cell.cell_type == "code":
+                assert "raise NotImplementedError()" in cell.source
+
+
+def test_release_library_has_headers_and_stubs_only_where_the_regions_were():
+    for src in release.library_files(REPO / "labcode"):
+        rel = src.relative_to(REPO / "labcode")
+        copy = RELEASE / "labcode" / rel
+        assert copy.is_file(), f"{rel} missing from the release"
+        if src.suffix != ".py":
+            assert copy.read_bytes() == src.read_bytes()
+            continue
+        text = copy.read_text()
+        assert text.startswith(f"# GENERATED by tools/release.py from labcode/{rel.as_posix()} for the student "
+                               "release of the course.\n")
+        regions = release.find_regions(src.read_text(), str(src))
+        assert text.count("raise NotImplementedError(\"") - src.read_text().count("raise NotImplementedError(\"") \
+            == len(regions)
+        compile(text, str(copy), "exec")
+
+
+def test_student_copy_of_the_library_raises_the_question_titles(tmp_path):
+    work = tmp_path / "segmentation"
+    shutil.copytree(RELEASE, work)
+    code = ("import labcode, labcode.unet as u\n"
+            "print(labcode.__file__)\n"
+            "try:\n    u.UNetConvBlock(3, 8)\nexcept NotImplementedError as e:\n    print('raised:', e)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # even with the instructor library on the path
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert str(work / "labcode" / "__init__.py") in out
+    assert "raised: UNetConvBlock layers: write it (see notebook 03_unet.ipynb)" in out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The students' self-check, run in the release
+# --------------------------------------------------------------------------------------------------------------------
+
+def _self_check(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_self_check_fails_on_the_stubs_and_passes_with_the_solutions(tmp_path):
+    work = tmp_path / "segmentation"
+    shutil.copytree(RELEASE, work)
+    stubs = _self_check(work, "labcode.check")
+    assert stubs.returncode == 1, stubs.stdout + stubs.stderr
+    assert f"Checking the exercises of {work / 'labcode'}" in stubs.stdout
+    for check in CHECKS:
+        assert f"[TODO]   {check.notebook}: {check.title}" in stubs.stdout
+    assert "Augmentation pipeline: write it (see notebook 02_data_pipeline.ipynb)" in stubs.stdout
+    assert f"0/{len(CHECKS)} checks pass." in stubs.stdout
+
+    shutil.rmtree(work / "labcode")
+    shutil.copytree(REPO / "labcode", work / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    solved = _self_check(work, "labcode", "check")  # the CLI spelling
+    assert solved.returncode == 0, solved.stdout + solved.stderr
+    assert f"{len(CHECKS)}/{len(CHECKS)} checks pass." in solved.stdout
+    assert solved.stdout.count("[PASS]") == len(CHECKS)
+
+
+def test_self_check_explains_wrong_and_crashing_code(tmp_path):
+    work = tmp_path / "segmentation"
+    shutil.copytree(REPO / "labcode", work / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    unet = work / "labcode" / "unet.py"
+    text = unet.read_text()
+    wrong = text.replace("nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout))",
+                         "nn.Conv2d(cout, cout // 2, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout // 2))",
+                         1)
+    assert wrong != text
+    unet.write_text(wrong)
+    stats = work / "labcode" / "stats.py"
+    crashing = stats.read_text().replace("raw = np.divide(1.0, freq,", "raw = np.divide(1.0, frequency,", 1)
+    stats.write_text(crashing)
+    result = _self_check(work, "labcode.check")
+    assert result.returncode == 1
+    out = result.stdout
+    assert "[FAIL]   03_unet: UNetConvBlock layers\n         block2's convolution should output 16 channels, got 8" \
+        in out
+    assert re.search(r"\[ERROR\]  04_metrics_losses: Class weights\n +NameError: name 'frequency' is not defined "
+                     r"\(labcode/stats.py:\d+: raw = np.divide\(1.0, frequency,", out), out
+    assert "[PASS]   02_data_pipeline: Augmentation pipeline" in out
+
+
+def test_self_check_selects_a_notebook(capsys):
+    from labcode import check
+
+    assert check.main(["--notebook", "04"]) == 0  # the instructor library passes
+    out = capsys.readouterr().out
+    assert "[PASS]   04_metrics_losses: Class weights" in out and "1/1 checks pass." in out
+    assert check.main(["--notebook", "99"]) == 2
+    assert "no exercise for notebook '99'" in capsys.readouterr().err

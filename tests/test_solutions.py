@@ -1,0 +1,155 @@
+"""The instructor notebooks: nbgrader structure, coverage of the course's questions, and a clean run on a CPU."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "solutions" / "segmentation"
+STEMS = ["01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "05_training",
+         "06_inference_onnx", "07_going_further"]
+
+#: Every question of the course specification, in our words, and the graded cell that answers it. Library exercises
+#: are graded by the test cell named here; notebook questions by their answer cell (or its test when autograded).
+QUESTIONS = {
+    "dimensions and types of inputs and targets": ("01_data_exploration", "answer_tensor_types"),
+    "check them on one sample": ("01_data_exploration", "test_describe_sample"),
+    "noisy labels, <UNK>, and a diverging cross-entropy": ("01_data_exploration", "answer_noisy_labels"),
+    "implement the augmentation pipeline": ("02_data_pipeline", "test_augmentation_pipeline"),
+    "judge the augmentation hyper-parameters": ("02_data_pipeline", "answer_augmentation_quality"),
+    "fully convolutional, and the input sizes": ("03_unet", "answer_fully_convolutional"),
+    "mini-batch constraint on sizes": ("03_unet", "answer_minibatch_sizes"),
+    "UNetConvBlock": ("03_unet", "test_unet_conv_block_layers"),
+    "UNetConvBlock forward": ("03_unet", "test_unet_conv_block_forward"),
+    "the encoder's last block": ("03_unet", "test_unet_encoder"),
+    "UNetUpConvBlock": ("03_unet", "test_unet_up_block_layers"),
+    "UNetUpConvBlock forward": ("03_unet", "test_unet_up_block_forward"),
+    "the decoder's first and last layers": ("03_unet", "test_unet_decoder"),
+    "a dummy tensor through the model": ("03_unet", "test_unet_dummy_forward"),
+    "accuracy of an always-wall predictor": ("04_metrics_losses", "test_wall_accuracy"),
+    "its macro F1": ("04_metrics_losses", "test_wall_macro_f1"),
+    "where the macro F1 is computed, what validation F1 is for": ("04_metrics_losses", "answer_macro_f1_in_training"),
+    "why F1 cannot be optimised by gradient descent": ("04_metrics_losses", "answer_f1_not_differentiable"),
+    "class weights against imbalance, and PyTorch's weight argument": ("04_metrics_losses", "answer_class_weights"),
+    "class-weight strategy in the library": ("04_metrics_losses", "test_class_weights_inverse"),
+    "weighted cross-entropy with a strategy": ("04_metrics_losses", "test_weighted_cross_entropy"),
+    "where the focal loss is and which option turns it on": ("04_metrics_losses", "answer_focal_loss"),
+    "a short training run on a small subset": ("05_training", "test_short_training_run"),
+    "TensorBoard curves and figures": ("05_training", "answer_tensorboard"),
+    "the ONNX graph in netron": ("06_inference_onnx", "answer_onnx_graph"),
+    "where and how the model is exported, the export arguments": ("06_inference_onnx", "answer_onnx_export"),
+    "where and how ONNX Runtime runs inference": ("06_inference_onnx", "answer_onnxruntime"),
+    "evaluate on the training areas and on 5a/5b": ("06_inference_onnx", "test_evaluate_areas"),
+    "why any image size works": ("06_inference_onnx", "answer_any_size"),
+    "segment a photo of your own": ("06_inference_onnx", "test_segment_photo"),
+    "going further: DeepLabv3+": ("07_going_further", "test_deeplab_forward"),
+    "going further: other losses": ("07_going_further", "test_loss_zoo"),
+}
+
+
+def cells(stem: str) -> list:
+    return nbformat.read(SOURCE / f"{stem}.ipynb", as_version=4).cells
+
+
+def nbgrader(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def test_the_assignment_has_the_seven_notebooks_clean_and_valid():
+    assert sorted(p.stem for p in SOURCE.glob("*.ipynb")) == STEMS
+    for stem in STEMS:
+        nb = nbformat.read(SOURCE / f"{stem}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {int(stem[:2])}. ")
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{stem}: commit sources without outputs"
+
+
+def test_every_question_of_the_course_has_a_graded_cell():
+    graded = {(stem, nbgrader(c)["grade_id"]) for stem in STEMS for c in cells(stem) if nbgrader(c).get("grade")}
+    missing = {question: where for question, where in QUESTIONS.items() if where not in graded}
+    assert not missing, f"questions without their graded cell: {missing}"
+
+
+def test_grade_ids_are_unique_and_cells_are_well_formed():
+    seen: set[str] = set()
+    for stem in STEMS:
+        pending_answer = None
+        for cell in cells(stem):
+            info = nbgrader(cell)
+            if not info:
+                assert "BEGIN SOLUTION" not in cell.source and "HIDDEN TESTS" not in cell.source, stem
+                continue
+            grade_id = info["grade_id"]
+            assert re.fullmatch(r"(answer|test)_[a-z0-9_]+", grade_id), grade_id
+            assert grade_id not in seen, f"duplicate grade_id {grade_id}"
+            seen.add(grade_id)
+            if info.get("solution") and not info.get("grade"):  # autograded answer: a region, then its test
+                assert cell.cell_type == "code" and grade_id.startswith("answer_")
+                assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source, grade_id
+                assert pending_answer is None, f"{pending_answer} has no test cell before {grade_id}"
+                pending_answer = grade_id
+            elif info.get("grade") and not info.get("solution"):  # test cell
+                assert cell.cell_type == "code" and grade_id.startswith("test_") and info["locked"], grade_id
+                assert info["points"] > 0, grade_id
+                visible, _, hidden = cell.source.partition("### BEGIN HIDDEN TESTS")
+                assert hidden and "### END HIDDEN TESTS" in hidden, f"{grade_id} has no hidden tests"
+                assert re.search(r"assert .+, f?\"", visible) or re.search(r"assert .+, \\\n", visible), \
+                    f"{grade_id}: visible asserts should explain what went wrong"
+                pending_answer = None
+            else:  # manually graded written answer, with the instructor's answer
+                assert cell.cell_type == "markdown" and info.get("solution") and info.get("grade"), grade_id
+                assert grade_id.startswith("answer_") and info["points"] > 0
+                assert len(cell.source) > 200, f"{grade_id}: the instructor's answer is missing"
+        assert pending_answer is None, f"{stem}: {pending_answer} has no test cell"
+
+
+def test_every_notebook_starts_with_the_same_kind_of_setup():
+    for stem in STEMS:
+        setup = next(c for c in cells(stem) if c.cell_type == "code").source
+        assert setup.index("sys.path.insert(0, os.getcwd())") < setup.index("import labcode"), stem
+        assert 'GRADING = bool(os.environ.get("NBGRADER_EXECUTION"))' in setup
+        assert 'torch.device("cuda" if torch.cuda.is_available() else "cpu")' in setup
+        assert 'QUICK = GRADING or DEVICE.type == "cpu"' in setup
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running the sources
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One folder for the whole run, so that notebook 6 finds the model notebook 5 trained (as for a student)."""
+    return tmp_path_factory.mktemp("solutions")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", STEMS)
+def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, monkeypatch):
+    import nbclient
+
+    monkeypatch.setenv("LABCODE_DATADIR", str(synth_root))  # a small generated data set
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the instructor library (no labcode/ next to the sources)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    path = workdir / f"{stem}.ipynb"
+    shutil.copy(SOURCE / path.name, path)
+    nb = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}}).execute()
+    elapsed = time.perf_counter() - started
+    errors = [(i, out.ename, out.evalue) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+              for out in cell.outputs if out.output_type == "error"]
+    assert not errors, f"{stem}: cells ending in an error: {errors}"
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    printed = "".join(out.get("text", "") for out in first.outputs)
+    assert f"labcode from {REPO / 'labcode'}" in printed, printed  # the instructor library, with the solutions
+    print(f"\n{stem}: {elapsed:.1f} s")
