@@ -209,19 +209,32 @@ def evaluate(
 
 
 def metrics_summary(confusion) -> dict[str, Any]:
-    """Plain-number view of a :class:`labcode.metrics.ConfusionMatrix`.
+    """Plain-number view of a :class:`labcode.metrics.ConfusionMatrix` (NaN marks a class absent on both sides).
 
     Returns:
         ``macro_f1``, ``miou``, ``accuracy`` (floats) and ``f1``, ``iou`` (lists of floats, one per class).
     """
-    scores = confusion.compute()
+    from labcode.metrics import f1_per_class, iou_per_class, macro_f1, mean_iou, pixel_accuracy
+
+    matrix = confusion.matrix.detach().cpu()
     return {
-        "macro_f1": float(scores["macro_f1"]),
-        "miou": float(scores["miou"]),
-        "accuracy": float(scores["accuracy"]),
-        "f1": [float(v) for v in torch.as_tensor(scores["f1"]).flatten()],
-        "iou": [float(v) for v in torch.as_tensor(scores["iou"]).flatten()],
+        "macro_f1": float(macro_f1(matrix)),
+        "miou": float(mean_iou(matrix)),
+        "accuracy": float(pixel_accuracy(matrix)),
+        "f1": [float(v) for v in f1_per_class(matrix)],
+        "iou": [float(v) for v in iou_per_class(matrix)],
     }
+
+
+def nan_to_none(value: Any) -> Any:
+    """Replace NaN floats by ``None`` in nested dicts and lists, for strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {key: nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(item) for item in value]
+    return value
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,

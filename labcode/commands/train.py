@@ -1,0 +1,171 @@
+"""``python -m labcode train``: train a segmentation model and keep the best one by validation macro F1.
+
+The seed's underscore spellings (``--areas_train``, ``--img_size`` ...) are accepted as aliases. Multi-GPU:
+``torchrun --nproc_per_node N -m labcode train ...``. SIGTERM or Ctrl-C saves the state and exits cleanly;
+``--resume`` continues (the interrupted epoch restarts from its first batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from labcode.errors import LabError
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="unet", help="model name: unet or deeplabv3plus (default: unet)")
+    parser.add_argument("--num-blocks", "--num_blocks", type=int, default=None, help="UNet: encoder blocks")
+    parser.add_argument("--base-chan", "--base_chan", type=int, default=None,
+                        help="UNet: channels of the first block")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m labcode train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--datadir", default=None, help="data set root (default: $LABCODE_DATADIR or the generated "
+                      "data set, created on first use)")
+    data.add_argument("--areas-train", "--areas_train", nargs="+", default=None,
+                      help="training areas (default: 1 2 3 4 6)")
+    data.add_argument("--areas-valid", "--areas_valid", nargs="*", default=None,
+                      help="validation areas (default: hold out --valid-ratio of the training images)")
+    data.add_argument("--valid-ratio", "--valid_ratio", type=float, default=0.2)
+    data.add_argument("--img-size", "--img_size", type=int, default=256, help="side of the training crops")
+    data.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    data.add_argument("--num-workers", "--num_workers", type=int, default=2)
+    data.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
+    data.add_argument("--cache-dir", "--cache_dir", default=None,
+                      help="read the images from a cache made by `python -m labcode prepare`")
+
+    model = parser.add_argument_group("model and loss")
+    add_model_arguments(model)
+    model.add_argument("--loss", default="ce", help="ce, focal, dice, tversky, lovasz or mcc (default: ce)")
+    model.add_argument("--focal-gamma", "--focal_gamma", type=float, default=None, help="focal loss: gamma")
+    model.add_argument("--tversky-alpha", "--tversky_alpha", type=float, default=None, help="Tversky: alpha (FP)")
+    model.add_argument("--tversky-beta", "--tversky_beta", type=float, default=None, help="Tversky: beta (FN)")
+    model.add_argument("--class-weights", "--class_weights", default="none",
+                       help="none, uniform, inverse, inverse_sqrt, median or effective (default: none)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=10)
+    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    optim.add_argument("--weight-decay", "--weight_decay", type=float, default=1e-4)
+    optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float, default=0.05,
+                       help="fraction of the steps of linear warm-up before the cosine decay")
+    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--logdir", default="runs", help="parent directory of the runs (default: runs)")
+    run.add_argument("--run-name", "--run_name", default=None, help="run directory name (default: model-time)")
+    run.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                     help="continue a run: a checkpoint, a run directory, or nothing for <logdir>/<run-name>")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
+    run.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    run.add_argument("--channels-last", "--channels_last", action="store_true")
+    run.add_argument("--no-export", dest="export_onnx", action="store_false", help="do not export best.onnx")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return parser
+
+
+def model_options(args: argparse.Namespace) -> dict[str, int]:
+    """UNet options given on the command line (only those given)."""
+    options = {"num_blocks": args.num_blocks, "base_chan": args.base_chan}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def loss_options(args: argparse.Namespace) -> dict[str, float]:
+    """Loss options given on the command line, checked against the chosen loss."""
+    given = {"--focal-gamma": ("focal", "gamma", args.focal_gamma),
+             "--tversky-alpha": ("tversky", "alpha", args.tversky_alpha),
+             "--tversky-beta": ("tversky", "beta", args.tversky_beta)}
+    options = {}
+    for flag, (loss, key, value) in given.items():
+        if value is None:
+            continue
+        if args.loss != loss:
+            raise LabError(f"{flag} applies to --loss {loss}, not to --loss {args.loss}")
+        options[key] = value
+    return options
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]):
+    from labcode.train import DEFAULT_TRAIN_AREAS, TrainConfig
+
+    resume = args.resume
+    if resume == "":
+        if not args.run_name:
+            raise LabError("--resume without a checkpoint needs --run-name (the run to continue)")
+        resume = str(Path(args.logdir) / args.run_name)
+    return TrainConfig(
+        datadir=args.datadir, areas_train=args.areas_train or list(DEFAULT_TRAIN_AREAS),
+        areas_valid=args.areas_valid or None, valid_ratio=args.valid_ratio, model=args.model,
+        model_options=model_options(args), loss=args.loss, loss_options=loss_options(args),
+        class_weights=args.class_weights, img_size=args.img_size, batch_size=args.batch_size,
+        num_workers=args.num_workers, augment=args.augment, cache_dir=args.cache_dir, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, small=args.small, seed=args.seed,
+        logdir=args.logdir, run_name=args.run_name, resume=resume, channels_last=args.channels_last, amp=args.amp,
+        device=args.device, export_onnx=args.export_onnx, progress=args.progress,
+        command=shlex.join(["python", "-m", "labcode", "train", *argv]),
+    )
+
+
+#: configuration fields set from several command-line options
+_SOURCES = {"model_options": ("num_blocks", "base_chan"), "loss_options": ("loss", "focal_gamma", "tversky_alpha",
+                                                                           "tversky_beta")}
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """Destinations of the options written on the command line (not left to their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def merge_resumed(config, argv: list[str]):
+    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now."""
+    from labcode.checkpoint import load_checkpoint
+    from labcode.train import TrainConfig, find_resume_checkpoint
+
+    saved = load_checkpoint(find_resume_checkpoint(config.resume)).get("config", {})
+    given = given_options(argv)
+    merged = config.to_dict()
+    for key, value in saved.items():
+        if key in merged and key not in ("resume", "command") and not given & set(_SOURCES.get(key, (key,))):
+            merged[key] = value
+    return TrainConfig(**merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    from labcode.train import fit
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = config_from_args(args, argv)
+    if config.resume:
+        config = merge_resumed(config, argv)
+    result = fit(config)
+    if result["rank"] != 0:  # under torchrun, rank 0 reports
+        return 0
+    if result["interrupted"]:
+        print(f"interrupted by {result['signal']} after {result['epochs_completed']} completed epoch(s); state saved "
+              f"to {result['last_checkpoint']}")
+        print(f"continue with: python -m labcode train --resume {result['last_checkpoint']}")
+    if result["best_epoch"] is not None:
+        print(f"best validation macro F1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch'] + 1} "
+              f"(run {result['run_dir']})")
+        print(f"best checkpoint: {result['best_checkpoint']}")
+    if result["onnx"]:
+        diffs = ", ".join(f"{size}: {diff:.2e}" for size, diff in result["parity"].items())
+        print(f"ONNX model: {result['onnx']} (max |ONNX - PyTorch| {diffs})")
+    return 0

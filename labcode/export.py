@@ -1,0 +1,162 @@
+"""ONNX export with dynamic batch, height and width, and the onnxruntime-against-PyTorch parity check.
+
+The networks of the course are fully convolutional and pad their input internally to a multiple of their total
+stride, so one exported graph serves every image size. The export uses PyTorch's default exporter (``dynamo=True``,
+built on ``torch.export``) with named dynamic dimensions; if that exporter fails on a model, the TorchScript-based
+one (``dynamo=False`` with ``dynamic_axes``) is tried. Either way the result is a single ``.onnx`` file (weights
+inside, no external data) and :func:`check_onnx_parity` compares it with PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from labcode.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+class ExportError(LabError):
+    """The model could not be exported, or the exported graph disagrees with PyTorch."""
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's chatter (optional torchvision ops, deprecation notes of its dependencies)."""
+    noisy = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript",
+                                                  "onnx_ir")]
+    levels = [log.level for log in noisy]
+    for log in noisy:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(noisy, levels):
+            log.setLevel(level)
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy in eval mode (the caller's model keeps its device, dtype and mode)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return copy.deepcopy(model).cpu().float().eval()
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    example_size: tuple[int, int] = (64, 64),
+    opset: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export ``model`` to a single ONNX file whose batch, height and width are dynamic.
+
+    Args:
+        model: a segmentation network taking ``(B, 3, H, W)`` and returning ``(B, K, H, W)`` logits.
+        path: the ``.onnx`` file to write (its directory is created).
+        example_size: (height, width) of the example input traced by the exporter.
+        opset: ONNX opset version (the exporter's default when ``None``).
+        metadata: extra ``key: value`` strings stored in the model's metadata (the class names and the input
+            normalisation are always stored).
+
+    Returns:
+        The path written. The graph's input is named ``image`` and its output ``logits``.
+
+    Raises:
+        ExportError: both exporters failed.
+    """
+    from labcode.classes import CLASSES
+    from labcode.transforms import MEAN, STD
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _cpu_eval_copy(model)
+    example = torch.randn(2, 3, *example_size)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=(dims,), opset_version=opset, external_data=False, dynamo=True,
+                              verbose=False)
+    except Exception as exc:  # the dynamo exporter fails with many exception types
+        logger.warning("dynamo ONNX export failed (%s: %s); trying the TorchScript exporter",
+                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        axes = {0: "batch", 2: "height", 3: "width"}
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                                  opset_version=opset or 17, dynamo=False, verbose=False)
+        except Exception as exc2:
+            raise ExportError(f"cannot export the model to {path}: {type(exc2).__name__}: {exc2}") from exc2
+    _add_metadata(path, {"classes": json.dumps(list(CLASSES)), "mean": json.dumps(list(MEAN)),
+                         "std": json.dumps(list(STD)), "input": "RGB, (x / 255 - mean) / std, NCHW float32",
+                         **(metadata or {})})
+    return path
+
+
+def _add_metadata(path: Path, entries: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    onnx.save(proto, str(path))
+
+
+def check_onnx_parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    sizes: Sequence[tuple[int, int]] = ((64, 64), (45, 77)),
+    *,
+    batch_size: int = 2,
+    seed: int = 0,
+    atol: float | None = None,
+) -> dict[str, float]:
+    """Run the ONNX graph (onnxruntime, CPU) and ``model`` (PyTorch, CPU) on the same random batches.
+
+    Args:
+        model: the PyTorch network that was exported.
+        onnx_path: the exported file.
+        sizes: (height, width) of the batches compared; use sizes the example input did not have.
+        batch_size: images per batch (2 checks that the batch dimension is dynamic).
+        seed: seed of the random inputs.
+        atol: when given, raise :class:`ExportError` if a difference exceeds it.
+
+    Returns:
+        ``{"HxW": max absolute difference of the logits}`` for each size.
+    """
+    from labcode.infer import OnnxSegmenter
+
+    model = _cpu_eval_copy(model)
+    segmenter = OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    diffs: dict[str, float] = {}
+    for height, width in sizes:
+        batch = torch.randn(batch_size, 3, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model(batch).numpy()
+        got = segmenter.logits(batch.numpy())
+        if got.shape != expected.shape:
+            raise ExportError(f"{onnx_path}: output shape {got.shape} for input {tuple(batch.shape)}, "
+                              f"PyTorch gives {expected.shape}")
+        diffs[f"{height}x{width}"] = float(np.max(np.abs(got - expected)))
+    if atol is not None and max(diffs.values()) > atol:
+        raise ExportError(f"{onnx_path} differs from PyTorch by more than {atol}: {diffs}")
+    return diffs

@@ -1,0 +1,338 @@
+"""Inference with an exported model (ONNX Runtime) or a checkpoint: whole areas with metrics, or single photos.
+
+A segmenter turns images of any size into class maps of the same size. :class:`OnnxSegmenter` needs only
+onnxruntime and NumPy at prediction time; :class:`TorchSegmenter` runs a training checkpoint with the same interface.
+Both use :func:`labcode.transforms.preprocess`, the normalisation of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labcode.classes import CLASSES, NUM_CLASSES
+from labcode.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+
+class ModelFileError(LabError):
+    """A model file cannot be loaded."""
+
+
+class ImageFileError(LabError):
+    """An image file cannot be read."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Images in
+# --------------------------------------------------------------------------------------------------------------------
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Bring an image array to ``uint8`` (H, W, 3) RGB.
+
+    Grayscale (H, W) or (H, W, 1) is replicated on the three channels, RGBA (H, W, 4) loses its alpha channel, and
+    float images in [0, 1] are scaled to [0, 255].
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        scale = 255.0 if np.issubdtype(image.dtype, np.floating) and image.max(initial=0) <= 1.0 else 1.0
+        image = np.clip(np.rint(image.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a photo as ``uint8`` (H, W, 3) RGB, turned upright by its EXIF orientation.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageFileError: the file is not an image PIL can decode (message names the file).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageFileError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a class map (pixel centres matched), exact and interpolation-free.
+
+    Shape:
+        (h, w) in, (height, width) out, same dtype.
+    """
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Segmenters
+# --------------------------------------------------------------------------------------------------------------------
+
+class Segmenter:
+    """Shared prediction logic; subclasses implement :meth:`logits` on preprocessed batches."""
+
+    path: Path
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw network output.
+
+        Shape:
+            ``float32`` (B, 3, H, W) preprocessed images in, (B, K, H, W) logits out.
+        """
+        raise NotImplementedError
+
+    def predict_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Class maps of images that share one size.
+
+        Shape:
+            (B, H, W, 3) ``uint8`` (or a sequence of images accepted by :func:`as_rgb`) in, ``int64`` (B, H, W) out.
+        """
+        from labcode.transforms import preprocess
+
+        batch = np.stack([preprocess(as_rgb(image)) for image in images])
+        return self.logits(batch).argmax(axis=1).astype(np.int64)
+
+    def predict(self, image: np.ndarray, *, max_size: int | None = None) -> np.ndarray:
+        """Class map of one image of any size and mode (grayscale, RGB, RGBA).
+
+        Args:
+            image: the image array.
+            max_size: when the longer side exceeds it, predict on a downscaled copy (longer side ``max_size``) and
+                bring the labels back to the original resolution by nearest neighbour.
+
+        Shape:
+            (H, W[, C]) in, ``int64`` (H, W) out.
+        """
+        image = as_rgb(image)
+        height, width = image.shape[:2]
+        if max_size is not None and max(height, width) > max_size:
+            from PIL import Image
+
+            scale = max_size / max(height, width)
+            small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.asarray(Image.fromarray(image).resize(small_size, Image.Resampling.BILINEAR))
+            return resize_labels_nearest(self.predict_batch(small[None])[0], height, width)
+        return self.predict_batch(image[None])[0]
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the package
+        return True
+    return torch.cuda.is_available()
+
+
+class OnnxSegmenter(Segmenter):
+    """An ONNX model in an ONNX Runtime session.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers; by default CUDA then CPU when a GPU is usable, otherwise CPU only (so that
+            machines without CUDA do not print the failed CUDA probe).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: onnxruntime cannot load it (message names the file).
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model not found: {self.path}")
+        ort.set_default_logger_severity(3)
+        if providers is None:
+            wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if _cuda_usable() else ["CPUExecutionProvider"]
+            providers = [p for p in wanted if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"cannot load ONNX model {self.path}: {message}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses."""
+        return self.session.get_providers()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+class TorchSegmenter(Segmenter):
+    """A training checkpoint (``best.pt`` / ``last.pt``) run by PyTorch, with the interface of :class:`OnnxSegmenter`.
+
+    Args:
+        path: the checkpoint.
+        device: where to run it (CUDA when available by default).
+    """
+
+    def __init__(self, path: str | Path, device: str | None = None) -> None:
+        import torch
+
+        from labcode.checkpoint import load_model
+
+        self.path = Path(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, _ = load_model(self.path, map_location="cpu")
+        self.model.to(self.device)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)) \
+                .float().cpu().numpy()
+
+
+def load_segmenter(path: str | Path) -> Segmenter:
+    """Open a model file: an ONNX graph, or a training checkpoint (recognised as a zip archive or ``.pt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        return OnnxSegmenter(path)
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt") or zipfile.is_zipfile(path):
+        return TorchSegmenter(path)
+    return OnnxSegmenter(path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Whole areas and single photos
+# --------------------------------------------------------------------------------------------------------------------
+
+def evaluate_areas(
+    segmenter: Segmenter,
+    datadir: str | Path,
+    areas: Sequence[str],
+    *,
+    img_size: int | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment every image of ``areas`` and score the predictions with one confusion matrix over all pixels.
+
+    Args:
+        segmenter: the model.
+        datadir: data set root.
+        areas: areas to test on, e.g. ``["5a", "5b"]``.
+        img_size: resize images (and masks, nearest) to this square size; native resolution when ``None``.
+        batch_size, num_workers: loading (``batch_size > 1`` needs equal sizes, e.g. with ``img_size``).
+        progress: show a progress bar.
+
+    Returns:
+        JSON-ready dict: ``model``, ``datadir``, ``areas``, ``images``, ``macro_f1``, ``miou``, ``accuracy``, ``f1``
+        and ``iou`` (class name -> value), ``confusion`` (K x K counts, rows are targets).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from labcode.data import get_test_dataloader
+    from labcode.engine import metrics_summary, nan_to_none
+    from labcode.metrics import ConfusionMatrix
+
+    loader = get_test_dataloader(datadir, list(areas), img_size=img_size, batch_size=batch_size,
+                                 num_workers=num_workers)
+    confusion = ConfusionMatrix(NUM_CLASSES)
+    images = 0
+    for batch, targets in tqdm(loader, desc=f"test {' '.join(areas)}", disable=not progress, unit="batch"):
+        preds = segmenter.logits(batch.numpy()).argmax(axis=1)
+        confusion.update(torch.from_numpy(preds.astype(np.int64)), targets)
+        images += batch.shape[0]
+    scores = metrics_summary(confusion)
+    return nan_to_none({
+        "model": str(segmenter.path),
+        "datadir": str(datadir),
+        "areas": list(areas),
+        "images": images,
+        "macro_f1": scores["macro_f1"],
+        "miou": scores["miou"],
+        "accuracy": scores["accuracy"],
+        "f1": dict(zip(CLASSES, scores["f1"])),
+        "iou": dict(zip(CLASSES, scores["iou"])),
+        "confusion": confusion.matrix.cpu().tolist(),
+    })
+
+
+def _cell(value: float | None) -> str:
+    return "     -" if value is None or value != value else f"{value:6.3f}"
+
+
+def format_metrics_table(result: dict[str, Any]) -> str:
+    """A plain-text table of per-class F1 and IoU followed by the macro F1, mIoU and accuracy."""
+    width = max(len(name) for name in result["f1"])
+    lines = [f"{'class':<{width}}  {'F1':>6}  {'IoU':>6}", "-" * (width + 16)]
+    lines += [f"{name:<{width}}  {_cell(result['f1'][name])}  {_cell(result['iou'][name])}" for name in result["f1"]]
+    lines += ["-" * (width + 16), f"{'macro F1':<{width}}  {_cell(result['macro_f1'])}",
+              f"{'mIoU':<{width}}  {_cell(result['miou'])}", f"{'accuracy':<{width}}  {_cell(result['accuracy'])}"]
+    return "\n".join(lines)
+
+
+def segment_image_file(
+    segmenter: Segmenter,
+    image_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    max_size: int | None = None,
+) -> dict[str, Any]:
+    """Segment one photo and save a figure (input, colourised prediction, legend) and the colourised mask.
+
+    Args:
+        segmenter: the model.
+        image_path: any image PIL reads (RGBA and grayscale are converted, EXIF orientation honoured).
+        out_path: the figure's PNG path (default: ``<image stem>_segmentation.png`` next to the image); the mask, at
+            the photo's resolution, goes to ``<out stem>_mask.png``.
+        max_size: see :meth:`Segmenter.predict`.
+
+    Returns:
+        ``image``, ``figure``, ``mask`` (paths), ``size`` ([width, height]) and ``fractions`` (class -> share of the
+        pixels, classes present only).
+    """
+    from PIL import Image
+
+    from labcode.viz import colorize, plot_inference
+
+    image_path = Path(image_path)
+    image = read_image(image_path)
+    labels = segmenter.predict(image, max_size=max_size)
+    out_path = Path(out_path) if out_path else image_path.with_name(f"{image_path.stem}_segmentation.png")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
+    figure = plot_inference(image, labels, title=image_path.name)
+    figure.savefig(out_path, dpi=100)
+    Image.fromarray(colorize(labels)).save(mask_path)
+    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)
+    return {
+        "image": str(image_path),
+        "figure": str(out_path),
+        "mask": str(mask_path),
+        "size": [int(image.shape[1]), int(image.shape[0])],
+        "fractions": {CLASSES[k]: float(counts[k] / labels.size) for k in np.flatnonzero(counts)},
+    }

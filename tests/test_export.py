@@ -1,0 +1,118 @@
+"""ONNX export: one file, dynamic batch/height/width, metadata, parity with PyTorch; the export and view commands."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from labcode.checkpoint import save_checkpoint
+from labcode.classes import CLASSES
+from labcode.export import ExportError, check_onnx_parity, export_onnx
+from labcode.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_unet(seed: int, num_blocks: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model("unet", len(CLASSES), num_blocks=num_blocks, base_chan=4)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that eval mode matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    model = tiny_unet(seed=0, num_blocks=3)
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx", example_size=(32, 32))
+    return model, path
+
+
+def test_exported_graph_is_one_file_with_dynamic_batch_height_width(exported) -> None:
+    _, path = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no external data file
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    (graph_input,), (graph_output,) = proto.graph.input, proto.graph.output
+    assert graph_input.name == "image" and graph_output.name == "logits"
+    in_dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    out_dims = [d.dim_param or d.dim_value for d in graph_output.type.tensor_type.shape.dim]
+    assert in_dims[1] == 3 and out_dims[1] == len(CLASSES)
+    assert all(isinstance(d, str) for d in in_dims[0:1] + in_dims[2:])  # symbolic batch, height, width
+    assert all(isinstance(d, str) for d in out_dims[0:1] + out_dims[2:])
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata["classes"]) == list(CLASSES)
+
+
+def test_onnxruntime_matches_pytorch_at_sizes_not_traced(exported) -> None:
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(3, 3, 37, 53), (1, 3, 8, 100)]:  # odd sizes, not multiples of 2**num_blocks, batch != 2
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert got.shape == (shape[0], len(CLASSES), *shape[2:])
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    diffs = check_onnx_parity(model, path, sizes=[(32, 32), (45, 77)])
+    assert set(diffs) == {"32x32", "45x77"} and max(diffs.values()) < 1e-4
+
+
+def test_parity_check_catches_a_different_model(exported) -> None:
+    _, path = exported
+    other = tiny_unet(seed=1, num_blocks=3)
+    diffs = check_onnx_parity(other, path, sizes=[(16, 16)])
+    assert diffs["16x16"] > 1e-2
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        check_onnx_parity(other, path, sizes=[(16, 16)], atol=1e-3)
+
+
+def test_export_command_writes_and_checks(tmp_path: Path, capsys) -> None:
+    from labcode.commands import export as export_command
+
+    model = tiny_unet(seed=2)
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "unet", "num_classes": len(CLASSES),
+                            "model_options": {"num_blocks": 2, "base_chan": 4}}, tmp_path / "best.pt")
+    assert export_command.main([str(ckpt), "--check-sizes", "24x40", "17"]) == 0
+    out = capsys.readouterr().out
+    assert "parity at 24x40" in out and "parity at 17x17" in out
+    session = ort.InferenceSession(str(tmp_path / "best.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((2, 3, 19, 23)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"image": x})[0], model(torch.from_numpy(x)).numpy(),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_view_serves_the_graph_on_localhost(exported, capsys) -> None:
+    import netron
+
+    from labcode.commands import view
+
+    _, path = exported
+    url = view.start_viewer(path, port=0)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+    finally:
+        netron.stop()
+    assert view.main([str(path), "--port", "0", "--no-wait"]) == 0
+    assert "http://127.0.0.1:" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        view.main([str(path.parent / "missing.onnx"), "--no-wait"])

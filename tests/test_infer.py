@@ -1,0 +1,174 @@
+"""Inference: image reading (modes, EXIF), segmenters (ONNX and checkpoint), area metrics, single-photo figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labcode.checkpoint import save_checkpoint
+from labcode.classes import CLASSES, NUM_CLASSES
+from labcode.data import StanfordDataset
+from labcode.errors import LabError
+from labcode.export import export_onnx
+from labcode.infer import (ImageFileError, ModelFileError, OnnxSegmenter, TorchSegmenter, as_rgb, evaluate_areas,
+                           format_metrics_table, load_segmenter, read_image, resize_labels_nearest,
+                           segment_image_file)
+from labcode.models import build_model
+from labcode.transforms import preprocess
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+    """A tiny UNet with a sharpened classifier (so that it predicts several classes), as ONNX and checkpoint."""
+    torch.manual_seed(0)
+    model = build_model("unet", NUM_CLASSES, num_blocks=2, base_chan=4).eval()
+    classifier = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        classifier.weight.mul_(30.0)
+        classifier.bias.zero_()
+    folder = tmp_path_factory.mktemp("models")
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "unet", "num_classes": NUM_CLASSES,
+                            "model_options": {"num_blocks": 2, "base_chan": 4}}, folder / "best.pt")
+    onnx_path = export_onnx(model, folder / "best.onnx", example_size=(32, 32))
+    return model, onnx_path, ckpt
+
+
+def torch_labels(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(preprocess(image))[None]).argmax(1)[0].numpy()
+
+
+def test_as_rgb_converts_gray_rgba_and_float() -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(as_rgb(gray), np.repeat(gray[..., None], 3, axis=2))
+    rgba = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    assert np.array_equal(as_rgb(rgba), rgba[..., :3])
+    assert np.array_equal(as_rgb(np.full((2, 2, 3), 0.5)), np.full((2, 2, 3), 128, dtype=np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        as_rgb(np.zeros((2, 2, 2)))
+
+
+def test_read_image_honours_exif_orientation_and_converts_modes(tmp_path: Path) -> None:
+    # left half red, right half blue, 40 wide and 20 high, stored with "rotate 90 clockwise to display" (6)
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "rotated.jpg")
+    assert upright.shape == (40, 20, 3)  # displayed portrait
+    # after a clockwise quarter turn the left (red) half is on top
+    assert upright[:15, :, 0].mean() > 200 and upright[:15, :, 2].mean() < 60
+    assert upright[25:, :, 2].mean() > 200 and upright[25:, :, 0].mean() < 60
+    Image.fromarray(np.full((5, 6, 4), 200, dtype=np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((5, 6), 90, dtype=np.uint8), mode="L").save(tmp_path / "gray.png")
+    assert read_image(tmp_path / "rgba.png").shape == (5, 6, 3)
+    assert np.array_equal(read_image(tmp_path / "gray.png"), np.full((5, 6, 3), 90, dtype=np.uint8))
+
+
+def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.jpg").write_text("not an image at all")
+    with pytest.raises(ImageFileError, match="notes.jpg") as info:
+        read_image(tmp_path / "notes.jpg")
+    assert isinstance(info.value, LabError)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_resize_labels_nearest_picks_the_source_pixel_under_each_centre() -> None:
+    labels = np.arange(6).reshape(2, 3)
+    up = resize_labels_nearest(labels, 4, 6)
+    assert np.array_equal(up, np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1))
+    assert np.array_equal(resize_labels_nearest(up, 2, 3), labels)
+
+
+def test_onnx_and_checkpoint_segmenters_agree_with_pytorch(model_files) -> None:
+    model, onnx_path, ckpt = model_files
+    onnx_seg, torch_seg = OnnxSegmenter(onnx_path), TorchSegmenter(ckpt, device="cpu")
+    if not torch.cuda.is_available():
+        assert onnx_seg.providers == ["CPUExecutionProvider"]
+    image = np.random.default_rng(1).integers(0, 256, (27, 45, 3), dtype=np.uint8)
+    expected = torch_labels(model, image)
+    for segmenter in (onnx_seg, torch_seg):
+        got = segmenter.predict(image)
+        assert got.dtype == np.int64 and got.shape == (27, 45)
+        assert (got == expected).mean() > 0.999  # float rounding may flip a near-tie
+    assert len(np.unique(expected)) > 1
+    batch = onnx_seg.predict_batch(np.stack([image, image[::-1]]))
+    assert batch.shape == (2, 27, 45) and np.array_equal(batch[0], onnx_seg.predict(image))
+    # the same photo as RGBA or with the same gray on three channels gives the same labels
+    rgba = np.concatenate([image, np.full((27, 45, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(onnx_seg.predict(rgba), onnx_seg.predict(image))
+    gray = image[..., 0]
+    assert np.array_equal(onnx_seg.predict(gray), onnx_seg.predict(np.repeat(gray[..., None], 3, axis=2)))
+    assert isinstance(load_segmenter(onnx_path), OnnxSegmenter) and isinstance(load_segmenter(ckpt), TorchSegmenter)
+
+
+def test_max_size_predicts_small_and_returns_full_resolution(model_files) -> None:
+    _, onnx_path, _ = model_files
+    segmenter = OnnxSegmenter(onnx_path)
+    colours = np.random.default_rng(2).integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(colours, 20, axis=0), 30, axis=1)  # (60, 90, 3) of 9 flat blocks
+    labels = segmenter.predict(image, max_size=30)
+    assert labels.shape == (60, 90)
+    small = np.asarray(Image.fromarray(image).resize((30, 20), Image.Resampling.BILINEAR))
+    assert len(np.unique(labels)) > 1
+    assert np.array_equal(labels, resize_labels_nearest(segmenter.predict(small), 60, 90))
+    assert np.array_equal(segmenter.predict(image, max_size=90), segmenter.predict(image))
+
+
+def test_unreadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelFileError, match="broken.onnx"):
+        OnnxSegmenter(bad)
+    with pytest.raises(FileNotFoundError, match="absent.onnx"):
+        load_segmenter(tmp_path / "absent.onnx")
+
+
+def test_evaluate_areas_matches_an_independent_count(model_files, synth_root: Path) -> None:
+    model, onnx_path, _ = model_files
+    result = evaluate_areas(OnnxSegmenter(onnx_path), synth_root, ["5a"], progress=False)
+    dataset = StanfordDataset(synth_root, areas=["5a"])
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for i in range(len(dataset)):
+        image, mask = dataset[i]
+        np.add.at(cm, (mask.ravel(), torch_labels(model, image).ravel()), 1)
+    tp, fp, fn = np.diag(cm), cm.sum(0) - np.diag(cm), cm.sum(1) - np.diag(cm)
+    present = tp + fp + fn > 0
+    f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
+    assert result["images"] == len(dataset) and result["areas"] == ["5a"]
+    assert result["macro_f1"] == pytest.approx(f1.mean(), abs=2e-3)
+    assert result["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=2e-3)
+    assert list(result["f1"]) == list(CLASSES)
+    json.loads(json.dumps(result, allow_nan=False))  # strict JSON: absent classes are null, not NaN
+    table = format_metrics_table(result)
+    assert "macro F1" in table and "window" in table and f"{result['macro_f1']:6.3f}" in table
+
+
+def test_segment_image_file_writes_a_figure_and_a_full_resolution_mask(model_files, tmp_path: Path) -> None:
+    _, onnx_path, _ = model_files
+    photo = np.random.default_rng(3).integers(0, 256, (70, 50, 4), dtype=np.uint8)
+    Image.fromarray(photo, mode="RGBA").save(tmp_path / "photo.png")
+    result = segment_image_file(OnnxSegmenter(onnx_path), tmp_path / "photo.png", tmp_path / "out" / "seg.png",
+                                max_size=32)
+    assert result["size"] == [50, 70]
+    with Image.open(result["figure"]) as figure:
+        assert figure.format == "PNG" and figure.width > 300
+    with Image.open(result["mask"]) as mask:
+        assert mask.size == (50, 70)
+    assert sum(result["fractions"].values()) == pytest.approx(1.0)
