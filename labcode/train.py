@@ -454,11 +454,6 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         LabError: bad configuration or data (the message names the argument or file);
         engine.NonFiniteLossError: the loss diverged (the message names the epoch and batch).
     """
-    import cv2
-
-    # OpenCV's worker threads do not survive fork(): once the class histogram (or anything) decodes images here,
-    # forked DataLoader workers calling OpenCV would deadlock. Without its pool, OpenCV is safe in both processes.
-    cv2.setNumThreads(0)
     distributed, rank, local_rank = _distributed_env()
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
