@@ -84,5 +84,7 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: one thread is fastest, and the 2 CI cores stay free for subprocesses and loader workers."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,6 @@ from labcode.models import build_model
 from labcode.train import warmup_cosine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _training_state(steps: int = 3) -> tuple[dict, torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)

@@ -16,14 +16,6 @@ from labcode.transforms import MEAN, STD
 K = 14
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def block_batches(n_batches: int = 2, batch: int = 2, size: int = 16, seed: int = 0) -> list[tuple]:
     """Images made of 4x4-pixel blocks whose colour says their class (1..4): a learnable toy problem."""

@@ -18,13 +18,6 @@ from labcode.export import ExportError, check_onnx_parity, export_onnx
 from labcode.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_unet(seed: int, num_blocks: int = 2) -> torch.nn.Module:
     torch.manual_seed(seed)

@@ -22,13 +22,6 @@ from labcode.models import build_model
 from labcode.transforms import preprocess
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:

@@ -23,13 +23,6 @@ from labcode.errors import LabError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def labcode_env(tmp_path: Path) -> dict[str, str]:
     """Environment of the subprocesses: one thread each, no generated default data set outside tmp_path."""
