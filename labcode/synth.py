@@ -45,7 +45,7 @@ from labcode.errors import DatasetError, LabError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the rendered images change; names the default data set folder (``synth-<version>``).
-SYNTH_VERSION: str = "1"
+SYNTH_VERSION: str = "2"
 
 #: Number of images of each real area (area 5 is split evenly between 5a and 5b).
 REAL_AREA_IMAGES: dict[str, int] = {
@@ -201,11 +201,11 @@ class _Recipe(NamedTuple):
 
 _ROOM_TYPES: dict[str, _Recipe] = {
     "office":         _Recipe(.36, (3.0, 5.5), (3.5, 7.0), (2.6, 3.1), (1, 3), .80, .85,
-                              (2, 6), .05, (.12, 1), (3, 9), (8, 16), .45, .45),
+                              (2, 6), .05, (.22, 1), (3, 9), (8, 16), .45, .45),
     "hallway":        _Recipe(.20, (1.8, 2.8), (7.0, 18.), (2.5, 3.0), (6, 12), .40, .70,
-                              (0, 0), .00, (.03, 1), (0, 3), (3, 7), .50, .35),
+                              (0, 0), .00, (.08, 1), (0, 3), (3, 7), .50, .35),
     "conferenceRoom": _Recipe(.08, (4.0, 6.5), (5.0, 9.0), (2.7, 3.2), (1, 3), .80, .95,
-                              (0, 0), .95, (.10, 1), (1, 4), (3, 8), .40, .40),
+                              (0, 0), .95, (.20, 1), (1, 4), (3, 8), .40, .40),
     "storage":        _Recipe(.06, (2.0, 4.0), (2.5, 5.0), (2.5, 3.0), (1, 2), .15, .10,
                               (0, 1), .00, (.00, 0), (4, 10), (8, 16), .30, .30),
     "WC":             _Recipe(.05, (2.0, 3.5), (2.5, 5.0), (2.5, 2.9), (2, 4), .50, .00,
@@ -215,7 +215,7 @@ _ROOM_TYPES: dict[str, _Recipe] = {
     "lobby":          _Recipe(.04, (5.0, 9.0), (6.0, 10.), (3.0, 4.0), (3, 6), .95, .30,
                               (1, 2), .00, (.60, 3), (0, 3), (6, 12), .40, .80),
     "pantry":         _Recipe(.04, (2.5, 4.5), (3.0, 5.5), (2.5, 3.0), (1, 2), .60, .40,
-                              (0, 1), .40, (.05, 1), (1, 3), (8, 14), .35, .30),
+                              (0, 1), .40, (.15, 1), (1, 3), (8, 14), .35, .30),
     "copyRoom":       _Recipe(.03, (2.5, 4.0), (3.0, 5.0), (2.5, 3.0), (1, 2), .40, .50,
                               (0, 1), .00, (.00, 0), (2, 5), (7, 12), .35, .30),
     "openspace":      _Recipe(.05, (6.0, 10.), (7.0, 12.), (2.8, 3.4), (2, 4), .90, .70,
@@ -1309,10 +1309,20 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def data_home() -> Path:
-    """Folder of the generated data sets: ``$LABCODE_DATA_HOME`` or ``<repository>/data``."""
+    """Folder of the generated data sets.
+
+    ``$LABCODE_DATA_HOME`` when set; ``<repository>/data`` when the package runs from a checkout of the course
+    repository; otherwise (the student copy of the library in an assignment folder) a per-user cache folder, so
+    that the data never lands in a folder that ``nbgrader submit`` uploads.
+    """
     import labcode
 
-    return Path(os.environ.get("LABCODE_DATA_HOME", Path(labcode.__file__).resolve().parents[1] / "data"))
+    if os.environ.get("LABCODE_DATA_HOME"):
+        return Path(os.environ["LABCODE_DATA_HOME"])
+    checkout = Path(labcode.__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "labcode").is_dir():
+        return checkout / "data"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labcode"
 
 
 def _is_complete(root: Path, params: SynthParams) -> bool:
