@@ -29,6 +29,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from labcode.classes import CLASSES, NUM_CLASSES, UNKNOWN_LABEL
 from labcode.errors import DatasetError
 
+# OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the main process used it can
+# hang forever. Decoding runs in the loader workers anyway (one process per core), so OpenCV stays single-threaded.
+cv2.setNumThreads(0)
+
 MISSING_CODE = 0x0D0D0D
 LABELS_JSON = Path("assets") / "semantic_labels.json"
 RGB_SUFFIX = "_domain_rgb.png"
@@ -295,10 +299,6 @@ def default_num_workers() -> int:
     return max(1, min(8, cores))
 
 
-def _worker_init(worker_id: int) -> None:
-    cv2.setNumThreads(1)  # one OpenCV thread per loader worker: the workers already use every core
-
-
 def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int | None, seed: int, drop_last: bool = False,
             sampler=None, pin_memory: bool | None = None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
@@ -312,7 +312,6 @@ def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int | None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
         generator=generator,
     )
 

@@ -47,7 +47,7 @@ from labcode.errors import DatasetError, LabError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the rendered images change; names the default data set folder (``synth-<version>``).
-SYNTH_VERSION: str = "1"
+SYNTH_VERSION: str = "2"
 
 #: Number of images of each real area (area 5 is split evenly between 5a and 5b).
 REAL_AREA_IMAGES: dict[str, int] = {
@@ -59,9 +59,16 @@ UNKNOWN_ENTRY: str = "<UNK>_0_<UNK>_0_0"
 
 
 def area_image_counts(total: int, areas: tuple[str, ...] = AREAS) -> dict[str, int]:
-    """Split ``total`` images over ``areas`` in the proportions of the real data set (at least one per area)."""
+    """Split ``total`` images over ``areas`` in the proportions of the real data set (at least one per area).
+
+    One image each, then the rest by largest remainders: the counts add up to ``max(total, len(areas))``.
+    """
     weights = np.array([REAL_AREA_IMAGES[a] for a in areas], dtype=float)
-    return {a: max(1, int(round(total * w / weights.sum()))) for a, w in zip(areas, weights)}
+    rest = max(total - len(areas), 0)
+    shares = rest * weights / weights.sum()
+    counts = np.floor(shares).astype(int)
+    counts[np.argsort(counts - shares, kind="stable")[: rest - counts.sum()]] += 1
+    return {a: 1 + int(n) for a, n in zip(areas, counts)}
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,8 @@ class SynthParams:
         return dict(self.images_per_area)
 
 
-#: The data set used by the main job, the notebooks and the book: 384 px, 330 images (areas in real proportions).
-DEFAULT_SYNTH: SynthParams = SynthParams(size=384, images_per_area=tuple(area_image_counts(330).items()), seed=0)
+#: The data set used by the main job, the notebooks and the book: 480 images of 320 px, areas in real proportions.
+DEFAULT_SYNTH: SynthParams = SynthParams(size=320, images_per_area=tuple(area_image_counts(480).items()), seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,11 +203,11 @@ class _Recipe(NamedTuple):
 
 _ROOM_TYPES: dict[str, _Recipe] = {
     "office":         _Recipe(.36, (3.0, 5.5), (3.5, 7.0), (2.6, 3.1), (1, 3), .80, .85,
-                              (2, 6), .05, (.12, 1), (3, 9), (8, 16), .45, .45),
+                              (2, 6), .05, (.22, 1), (3, 9), (8, 16), .45, .45),
     "hallway":        _Recipe(.20, (1.8, 2.8), (7.0, 18.), (2.5, 3.0), (6, 12), .40, .70,
-                              (0, 0), .00, (.03, 1), (0, 3), (3, 7), .50, .35),
+                              (0, 0), .00, (.08, 1), (0, 3), (3, 7), .50, .35),
     "conferenceRoom": _Recipe(.08, (4.0, 6.5), (5.0, 9.0), (2.7, 3.2), (1, 3), .80, .95,
-                              (0, 0), .95, (.10, 1), (1, 4), (3, 8), .40, .40),
+                              (0, 0), .95, (.20, 1), (1, 4), (3, 8), .40, .40),
     "storage":        _Recipe(.06, (2.0, 4.0), (2.5, 5.0), (2.5, 3.0), (1, 2), .15, .10,
                               (0, 1), .00, (.00, 0), (4, 10), (8, 16), .30, .30),
     "WC":             _Recipe(.05, (2.0, 3.5), (2.5, 5.0), (2.5, 2.9), (2, 4), .50, .00,
@@ -210,7 +217,7 @@ _ROOM_TYPES: dict[str, _Recipe] = {
     "lobby":          _Recipe(.04, (5.0, 9.0), (6.0, 10.), (3.0, 4.0), (3, 6), .95, .30,
                               (1, 2), .00, (.60, 3), (0, 3), (6, 12), .40, .80),
     "pantry":         _Recipe(.04, (2.5, 4.5), (3.0, 5.5), (2.5, 3.0), (1, 2), .60, .40,
-                              (0, 1), .40, (.05, 1), (1, 3), (8, 14), .35, .30),
+                              (0, 1), .40, (.15, 1), (1, 3), (8, 14), .35, .30),
     "copyRoom":       _Recipe(.03, (2.5, 4.0), (3.0, 5.0), (2.5, 3.0), (1, 2), .40, .50,
                               (0, 1), .00, (.00, 0), (2, 5), (7, 12), .35, .30),
     "openspace":      _Recipe(.05, (6.0, 10.), (7.0, 12.), (2.8, 3.4), (2, 4), .90, .70,
@@ -422,6 +429,19 @@ def _add_wall_things(lay: _Layout, recipe: _Recipe) -> None:
                   _mat(rng, "paint", _PAINTS, contrast=0.3))
 
 
+def _structure_look(rng: np.random.Generator, room: Room, style: _Style) -> Material:
+    """Beams and columns: often the paint of the walls (then only their shape and shading tell them apart), else
+    another paint of the building or bare concrete."""
+    pick = rng.random()
+    if pick < 0.45:
+        color = np.asarray(room.surfaces[0].color) * rng.uniform(0.9, 1.08)
+    elif pick < 0.8:
+        color = style.paints[rng.integers(len(style.paints))]
+    else:
+        color = _STONES[1] * rng.uniform(0.85, 1.1)
+    return Material("paint", _jitter(rng, color, 0.03), scale=0.3, contrast=0.08 if pick < 0.8 else 0.3)
+
+
 def _add_structure(lay: _Layout, recipe: _Recipe) -> None:
     room, rng, style = lay.room, lay.rng, lay.style
     width, depth, height = room.dims
@@ -429,7 +449,7 @@ def _add_structure(lay: _Layout, recipe: _Recipe) -> None:
         along_x = rng.random() < 0.5
         span = width if along_x else depth
         other = depth if along_x else width
-        look = Material("paint", _jitter(rng, style.paints[0 if rng.random() < 0.6 else 3]), contrast=0.08)
+        look = _structure_look(rng, room, style)
         for pos in rng.uniform(0.2, 0.8, rng.integers(1, 3)) * other:
             label = room.add("beam")
             thick, drop = rng.uniform(0.2, 0.45), rng.uniform(0.2, 0.45)
@@ -437,7 +457,7 @@ def _add_structure(lay: _Layout, recipe: _Recipe) -> None:
             half = (span / 2, thick / 2, drop / 2) if along_x else (thick / 2, span / 2, drop / 2)
             room.boxes.append(Box(label, np.array([*center, height - drop / 2]), np.array(half), 0.0, look))
     if rng.random() < recipe.column_p:
-        look = Material("paint", _jitter(rng, style.paints[0 if rng.random() < 0.7 else 2]), contrast=0.08)
+        look = _structure_look(rng, room, style)
         for _ in range(rng.integers(1, 5)):
             side, out = rng.uniform(0.4, 0.8), rng.uniform(0.25, 0.6)
             free_standing = room.room_type in ("lobby", "openspace", "auditorium") and rng.random() < 0.5
@@ -466,7 +486,8 @@ def _add_chair(lay: _Layout, xy, heading: float, fabric: Material, metal: Materi
             lay.part(label, xy, yaw, (dx, 0, seat + 0.2), (0.025, 0.17, 0.02), metal)
 
 
-def _add_table(lay: _Layout, xy, yaw: float, size: tuple[float, float], top: Material, legs: Material) -> int:
+def _add_table(lay: _Layout, xy, yaw: float, size: tuple[float, float], top: Material, legs: Material) -> float:
+    """A table (top and four legs or two side panels); returns the height of its top."""
     rng, label = lay.rng, lay.room.add("table")
     height = rng.uniform(0.71, 0.77)
     lay.part(label, xy, yaw, (0, 0, height), (size[0] / 2, size[1] / 2, rng.uniform(0.015, 0.03)), top)
@@ -479,24 +500,98 @@ def _add_table(lay: _Layout, xy, yaw: float, size: tuple[float, float], top: Mat
         for sx in (-1, 1):
             panel = (0.02, size[1] / 2 - 0.05, height / 2)
             lay.part(label, xy, yaw, (sx * (size[0] / 2 - 0.04), 0, height / 2), panel, top)
-    return label
+    return height + 0.03
 
 
-def _add_table_things(lay: _Layout, xy, yaw: float, size: tuple[float, float], count: int) -> None:
+def _add_table_things(lay: _Layout, xy, yaw: float, size: tuple[float, float], height: float, count: int) -> None:
+    """Monitors, papers, books and boxes on a table top at ``height``."""
     rng, style = lay.rng, lay.style
     for _ in range(count):
-        local = (rng.uniform(-0.4, 0.4) * size[0], rng.uniform(-0.35, 0.35) * size[1])
+        x, y = rng.uniform(-0.4, 0.4) * size[0], rng.uniform(-0.35, 0.35) * size[1]
         label = lay.room.add("clutter" if rng.random() < 0.95 else "<UNK>")
-        kind = rng.integers(3)
-        if kind == 0:  # monitor on a foot
+        if rng.integers(3) == 0:  # monitor on a foot
             screen = Material("screen", _jitter(rng, np.array([.08, .08, .1])), _jitter(rng, style.metals[1]))
             plastic = _mat(rng, "paint", _METALS[1:2])
-            lay.part(label, xy, yaw, (local[0], local[1], 0.98), (0.27, 0.02, 0.17), plastic, screen)
-            lay.part(label, xy, yaw, (local[0], local[1] - 0.02, 0.8), (0.04, 0.04, 0.05), plastic)
-        else:  # papers, books, boxes, mugs
+            lay.part(label, xy, yaw, (x, y, height + 0.22), (0.27, 0.02, 0.17), plastic, screen)
+            lay.part(label, xy, yaw, (x, y - 0.02, height + 0.03), (0.04, 0.04, 0.03), plastic)
+        else:
             half = rng.uniform((0.05, 0.05, 0.01), (0.2, 0.16, 0.12))
-            lay.part(label, xy, yaw + rng.normal(0, 0.4), (local[0], local[1], 0.76 + half[2]), half,
-                     _mat(rng, "paint", np.vstack([_BRIGHTS, _PAINTS[[0, 9]]]), contrast=0.2))
+            look = _mat(rng, "paint", np.vstack([_BRIGHTS, _PAINTS[[0, 9]]]), contrast=0.2)
+            lay.part(label, xy, yaw + rng.normal(0, 0.4), (x, y, height + half[2]), half, look)
+
+
+def _add_meeting_table(lay: _Layout, fabric: Material, metal: Material, top: Material) -> None:
+    """One long table in the middle of the room with chairs along both sides."""
+    room, rng = lay.room, lay.rng
+    length = min(room.dims[1] - 2.0, rng.uniform(2.0, 5.0))
+    width = min(room.dims[0] - 1.8, rng.uniform(1.2, 1.8))
+    center = (room.dims[0] / 2 + rng.normal(0, 0.2), room.dims[1] / 2 + rng.normal(0, 0.2))
+    if length < 1.0 or width < 0.6:
+        return
+    yaw = float(rng.choice([0.0, np.pi]))
+    (x, y), w, h = center, width / 2, length / 2
+    room.footprints.append((x - w, y - h, x + w, y + h))
+    height = _add_table(lay, center, yaw, (width, length), top, metal)
+    _add_table_things(lay, center, yaw, (width, length), height, rng.integers(1, 5))
+    for side in (-1, 1):
+        for k in range(int(length / 0.75)):
+            if rng.random() < 0.85:
+                y = center[1] - length / 2 + 0.4 + k * 0.75 + rng.normal(0, 0.05)
+                x = center[0] + side * (width / 2 + rng.uniform(0.15, 0.45))
+                _add_chair(lay, (x, y), (np.pi if side > 0 else 0.0) + rng.normal(0, 0.3), fabric, metal)
+
+
+def _add_desk(lay: _Layout, fabric: Material, metal: Material, top: Material) -> None:
+    """A desk against a wall (or free), things on it and usually a chair in front."""
+    rng = lay.rng
+    size = (rng.uniform(1.2, 2.0), rng.uniform(0.7, 0.95))
+    wall = int(rng.integers(4)) if rng.random() < 0.7 else None
+    spot = lay.spot(size[0], size[1] + 0.7, wall)  # with room for the chair in front
+    if spot is None:
+        return
+    (x, y), yaw = spot
+    shift = _rot(yaw) @ np.array([0.0, -0.35, 0.0])
+    desk_xy = (x + shift[0], y + shift[1])
+    height = _add_table(lay, desk_xy, yaw, size, top, metal)
+    _add_table_things(lay, desk_xy, yaw, size, height, rng.integers(1, 6))
+    if rng.random() < 0.85:  # the desk faces yaw + pi/2, its chair the opposite way
+        seat = _rot(yaw) @ np.array([rng.normal(0, 0.2), 0.2 + rng.uniform(0, 0.3), 0.0])
+        _add_chair(lay, (x + seat[0], y + seat[1]), yaw + 1.5 * np.pi + rng.normal(0, 0.5), fabric, metal)
+
+
+def _add_sofa(lay: _Layout, leather: Material) -> None:
+    """A sofa: base, seat cushion, back and two arms."""
+    rng, length = lay.rng, lay.rng.uniform(1.4, 2.4)
+    spot = lay.spot(length, 0.9, int(rng.integers(4)) if rng.random() < 0.75 else None)
+    if spot is None:
+        return
+    xy, yaw = spot
+    label = lay.room.add("sofa")
+    lay.part(label, xy, yaw, (0, 0.05, 0.22), (length / 2, 0.4, 0.22), leather)
+    lay.part(label, xy, yaw, (0, 0.08, 0.48), (length / 2 - 0.18, 0.35, 0.05), leather)
+    lay.part(label, xy, yaw, (0, -0.33, 0.55), (length / 2, 0.12, 0.3), leather)
+    for side in (-1, 1):
+        lay.part(label, xy, yaw, (side * (length / 2 - 0.09), 0.05, 0.32), (0.09, 0.42, 0.32), leather)
+
+
+def _add_bookcases(lay: _Layout, count: int) -> None:
+    """About ``count`` bookcases, in rows of one to three against the walls; each is its own instance."""
+    rng, style = lay.rng, lay.style
+    case = _mat(rng, "planks", style.woods, scale=2.0, contrast=0.05) if rng.random() < 0.5 \
+        else _mat(rng, "paint", np.vstack([style.metals, _PAINTS[[0, 9]]]), contrast=0.04)
+    placed, height = 0, rng.choice([rng.uniform(0.9, 1.3), rng.uniform(1.8, 2.3)], p=[.2, .8])
+    while placed < count:
+        run, width, depth = int(rng.integers(1, 4)), rng.uniform(0.8, 1.2), rng.uniform(0.3, 0.45)
+        spot = lay.spot(run * width, depth, int(rng.integers(4)) if rng.random() < 0.9 else None)
+        placed += run
+        if spot is None:
+            continue
+        (x, y), yaw = spot
+        for k in range(run):
+            books = Material("books", case.color, scale=rng.uniform(0.3, 0.4), contrast=float(rng.uniform(0.5, 1.0)),
+                             salt=int(rng.integers(1 << 16)))
+            offset, half = ((k - (run - 1) / 2) * width, 0, height / 2), (width / 2 - 0.005, depth / 2, height / 2)
+            lay.part(lay.room.add("bookcase"), (x, y), yaw, offset, half, case, books)
 
 
 def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
@@ -504,39 +599,15 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
     fabric = Material("fabric", _jitter(rng, style.fabrics[rng.integers(4)]), scale=1.0, contrast=0.2,
                       salt=int(rng.integers(1 << 16)))
     metal = _mat(rng, "paint", style.metals, contrast=0.05)
-    top = _mat(rng, "planks", style.woods, color2=_jitter(rng, style.woods[0] * 0.8), scale=2.0, contrast=0.08) \
-        if rng.random() < 0.6 else _mat(rng, "paint", np.vstack([_PAINTS[[0, 1, 9]], _METALS[:1]]), contrast=0.05)
-    if rng.random() < recipe.meeting_p:  # one long table with chairs around it
-        length = min(room.dims[1] - 2.0, rng.uniform(2.0, 5.0))
-        width = min(room.dims[0] - 1.8, rng.uniform(1.2, 1.8))
-        center = (room.dims[0] / 2 + rng.normal(0, 0.2), room.dims[1] / 2 + rng.normal(0, 0.2))
-        if length > 1.0 and width > 0.6:
-            yaw = float(rng.choice([0.0, np.pi]))
-            rect = (center[0] - width / 2, center[1] - length / 2, center[0] + width / 2, center[1] + length / 2)
-            room.footprints.append(rect)
-            _add_table(lay, center, yaw, (width, length), top, metal)
-            _add_table_things(lay, center, yaw, (width, length), rng.integers(1, 5))
-            for side in (-1, 1):
-                for k in range(int(length / 0.75)):
-                    if rng.random() < 0.85:
-                        y = center[1] - length / 2 + 0.4 + k * 0.75 + rng.normal(0, 0.05)
-                        x = center[0] + side * (width / 2 + rng.uniform(0.15, 0.45))
-                        _add_chair(lay, (x, y), (np.pi if side > 0 else 0.0) + rng.normal(0, 0.3), fabric, metal)
+    if rng.random() < 0.6:
+        top = _mat(rng, "planks", style.woods, color2=_jitter(rng, style.woods[0] * 0.8), scale=2.0, contrast=0.08)
+    else:
+        top = _mat(rng, "paint", np.vstack([_PAINTS[[0, 1, 9]], _METALS[:1]]), contrast=0.05)
+    if rng.random() < recipe.meeting_p:
+        _add_meeting_table(lay, fabric, metal, top)
     for _ in range(rng.integers(recipe.desks[0], recipe.desks[1] + 1)):
-        size = (rng.uniform(1.2, 2.0), rng.uniform(0.7, 0.95))
-        wall = int(rng.integers(4)) if rng.random() < 0.7 else None
-        spot = lay.spot(size[0], size[1] + 0.7, wall)  # room for the chair in front
-        if spot is None:
-            continue
-        (x, y), yaw = spot
-        shift = _rot(yaw) @ np.array([0.0, -0.35, 0.0])
-        desk_xy = (x + shift[0], y + shift[1])
-        _add_table(lay, desk_xy, yaw, size, top, metal)
-        _add_table_things(lay, desk_xy, yaw, size, rng.integers(1, 6))
-        if rng.random() < 0.85:
-            seat = _rot(yaw) @ np.array([rng.normal(0, 0.2), 0.2 + rng.uniform(0, 0.3), 0.0])
-            _add_chair(lay, (x + seat[0], y + seat[1]), yaw + np.pi / 2 + np.pi + rng.normal(0, 0.5), fabric, metal)
-    if room.room_type == "auditorium":
+        _add_desk(lay, fabric, metal, top)
+    if room.room_type == "auditorium":  # rows of seats facing the y = 0 wall
         for row in np.arange(2.0, room.dims[1] - 1.0, 1.0):
             for x in np.arange(1.0, room.dims[0] - 1.0, 0.6):
                 if rng.random() < 0.9:
@@ -545,33 +616,8 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
         leather = Material("fabric", _jitter(rng, np.vstack([style.fabrics, _WOODS[[1, 3]]])[rng.integers(6)]),
                            scale=1.0, contrast=0.15, salt=int(rng.integers(1 << 16)))
         for _ in range(rng.integers(1, recipe.sofas[1] + 1)):
-            length = rng.uniform(1.4, 2.4)
-            spot = lay.spot(length, 0.9, int(rng.integers(4)) if rng.random() < 0.75 else None)
-            if spot is None:
-                continue
-            xy, yaw = spot
-            label = room.add("sofa")
-            lay.part(label, xy, yaw, (0, 0.05, 0.22), (length / 2, 0.4, 0.22), leather)
-            lay.part(label, xy, yaw, (0, 0.08, 0.48), (length / 2 - 0.18, 0.35, 0.05), leather)
-            lay.part(label, xy, yaw, (0, -0.33, 0.55), (length / 2, 0.12, 0.3), leather)
-            for side in (-1, 1):
-                lay.part(label, xy, yaw, (side * (length / 2 - 0.09), 0.05, 0.32), (0.09, 0.42, 0.32), leather)
-    case = _mat(rng, "planks", style.woods, scale=2.0, contrast=0.05) if rng.random() < 0.5 \
-        else _mat(rng, "paint", np.vstack([style.metals, _PAINTS[[0, 9]]]), contrast=0.04)
-    placed, height = 0, rng.choice([rng.uniform(0.9, 1.3), rng.uniform(1.8, 2.3)], p=[.2, .8])
-    wanted = rng.integers(recipe.bookcases[0], recipe.bookcases[1] + 1)
-    while placed < wanted:
-        run, width, depth = int(rng.integers(1, 4)), rng.uniform(0.8, 1.2), rng.uniform(0.3, 0.45)
-        spot = lay.spot(run * width, depth, int(rng.integers(4)) if rng.random() < 0.9 else None)
-        placed += run
-        if spot is None:
-            continue
-        (x, y), yaw = spot
-        for k in range(run):  # a row of bookcases side by side, each its own instance
-            books = Material("books", case.color, scale=rng.uniform(0.3, 0.4), contrast=float(rng.uniform(0.5, 1.0)),
-                             salt=int(rng.integers(1 << 16)))
-            offset = ((k - (run - 1) / 2) * width, 0, height / 2)
-            lay.part(room.add("bookcase"), (x, y), yaw, offset, (width / 2 - 0.005, depth / 2, height / 2), case, books)
+            _add_sofa(lay, leather)
+    _add_bookcases(lay, rng.integers(recipe.bookcases[0], recipe.bookcases[1] + 1))
     if room.room_type in ("office", "lounge", "openspace", "pantry", "lobby"):
         for _ in range(rng.integers(0, 4)):  # chairs standing anywhere
             spot = lay.spot(0.6, 0.6)
@@ -1265,10 +1311,20 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def data_home() -> Path:
-    """Folder of the generated data sets: ``$LABCODE_DATA_HOME`` or ``<repository>/data``."""
+    """Folder of the generated data sets.
+
+    ``$LABCODE_DATA_HOME`` when set; ``<repository>/data`` when the package runs from a checkout of the course
+    repository; otherwise (the student copy of the library in an assignment folder) a per-user cache folder, so
+    that the data never lands in a folder that ``nbgrader submit`` uploads.
+    """
     import labcode
 
-    return Path(os.environ.get("LABCODE_DATA_HOME", Path(labcode.__file__).resolve().parents[1] / "data"))
+    if os.environ.get("LABCODE_DATA_HOME"):
+        return Path(os.environ["LABCODE_DATA_HOME"])
+    checkout = Path(labcode.__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "labcode").is_dir():
+        return checkout / "data"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labcode"
 
 
 def _is_complete(root: Path, params: SynthParams) -> bool:

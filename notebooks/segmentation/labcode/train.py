@@ -446,8 +446,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     """Train a model as described by ``config``; keep, save and export the best one by validation macro F1.
 
     Returns:
-        ``rank`` (of this process under torchrun, else 0), ``run_dir``, ``best_checkpoint``, ``last_checkpoint``, ``onnx`` (paths as strings, ``None`` when not
-        written), ``best_macro_f1``, ``best_epoch``, ``best_metrics`` (validation metrics of the best epoch),
+        ``rank`` (of this process under torchrun, else 0); ``run_dir``, ``best_checkpoint``, ``last_checkpoint``,
+        ``onnx`` (paths as strings, ``None`` when not written); ``best_macro_f1``, ``best_epoch``, ``best_metrics`` (validation metrics of the best epoch),
         ``parity`` (ONNX vs PyTorch max abs difference per size), ``history`` (metrics per epoch),
         ``epoch_times`` (of this call), ``epochs_completed``, ``interrupted`` and ``signal``, ``device``,
         ``precision``, ``train_size``, ``valid_size``.

@@ -22,7 +22,8 @@ from pathlib import Path
 from labcode.errors import LabError
 
 #: Defaults tuned for two CPU cores (see the module docstring).
-CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 8, "batch_size": 8, "lr": 3e-3}
+CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 15, "batch_size": 8, "lr": 3e-3,
+                "class_weights": "inverse_sqrt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", type=int, default=CPU_DEFAULTS["batch_size"])
     parser.add_argument("--lr", type=float, default=CPU_DEFAULTS["lr"])
     parser.add_argument("--loss", default="ce")
+    parser.add_argument("--class-weights", "--class_weights", default=CPU_DEFAULTS["class_weights"],
+                        help="class weights of the loss (default: inverse_sqrt; none to disable)")
     parser.add_argument("--num-workers", "--num_workers", type=int, default=2)
     parser.add_argument("--test-img-size", type=int, default=None,
                         help="resize the test images to this size (default: --img-size, the scale the model saw "
                         "in training; 0 keeps the native resolution)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
@@ -60,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     from labcode.infer import OnnxSegmenter, evaluate_areas, format_metrics_table, segment_image_file
     from labcode.train import TrainConfig, fit
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = Path(args.logdir) / args.name
     if out.exists() and any(out.iterdir()):
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(
         datadir=str(datadir), areas_train=args.areas_train, model=args.model,
         model_options={"base_chan": args.base_chan, "num_blocks": args.num_blocks} if args.model == "unet" else {},
-        loss=args.loss, img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers,
+        loss=args.loss, class_weights=args.class_weights, img_size=args.img_size, batch_size=args.batch_size,
+        num_workers=args.num_workers,
         epochs=args.epochs, lr=args.lr, seed=args.seed, logdir=args.logdir, run_name=args.name,
         device=args.device, small=args.small, progress=args.progress,
         command=shlex.join(["python", "-m", "labcode", "pipeline", *argv]),

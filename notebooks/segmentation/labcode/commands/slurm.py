@@ -6,7 +6,8 @@ The job runs the code of one git commit (the current one by default): on the com
 into local scratch (``$SLURM_TMPDIR`` or ``$TMPDIR``), creates a virtual environment there, installs the
 requirements and runs ``python -m labcode train`` with the options given after ``--``. Runs are written to the
 shared ``--logdir`` so they survive the job. SLURM sends SIGTERM two minutes before the time limit, and training
-saves its state on SIGTERM: resubmit with ``-- --resume`` to continue.
+saves its state on SIGTERM: resubmit with ``-- --resume`` to continue. The job sees the environment of the
+submission, so ``LABCODE_DATADIR`` (or ``-- --datadir PATH``) points it to the real data set.
 
 Example::
 

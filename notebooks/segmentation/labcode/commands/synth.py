@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--images-per-area", "--images_per_area", type=int, default=None, metavar="N",
                        help="images in every area")
     count.add_argument("--total-images", type=int, default=None, metavar="N",
-                       help="images in all, split over the areas like the real data set (default 330)")
+                       help="images in all, split over the areas like the real data set (default: as many as the "
+                            "default data set)")
     parser.add_argument("--areas", nargs="+", default=list(AREAS), metavar="AREA",
                         help=f"areas to generate (default: all of {' '.join(AREAS)})")
     parser.add_argument("--seed", type=int, default=0, help="base seed (same options and seed: identical files)")
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labcode.synth import area_image_counts, generate_dataset
+    from labcode.synth import DEFAULT_SYNTH, area_image_counts, generate_dataset
 
     areas = tuple(args.areas)
     unknown = [a for a in areas if a not in AREAS]
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images_per_area is not None:
         counts = {a: args.images_per_area for a in areas}
     else:
-        counts = area_image_counts(args.total_images or 330, areas)
+        counts = area_image_counts(args.total_images or sum(DEFAULT_SYNTH.counts().values()), areas)
     root = generate_dataset(out, areas=areas, images_per_area=counts, size=args.size, seed=args.seed,
                             workers=args.workers, progress=not args.quiet, overwrite=args.force)
     print(f"wrote {sum(counts.values())} images of {args.size}x{args.size} pixels "
