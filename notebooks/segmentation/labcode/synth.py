@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from labcode.errors import DatasetError, LabError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the rendered images change; names the default data set folder (``synth-<version>``).
-SYNTH_VERSION: str = "2"
+SYNTH_VERSION: str = "3"
 
 #: Number of images of each real area (area 5 is split evenly between 5a and 5b).
 REAL_AREA_IMAGES: dict[str, int] = {
@@ -203,11 +204,11 @@ class _Recipe(NamedTuple):
 
 _ROOM_TYPES: dict[str, _Recipe] = {
     "office":         _Recipe(.36, (3.0, 5.5), (3.5, 7.0), (2.6, 3.1), (1, 3), .80, .85,
-                              (2, 6), .05, (.22, 1), (3, 9), (8, 16), .45, .45),
+                              (2, 6), .05, (.35, 1), (3, 9), (8, 16), .45, .45),
     "hallway":        _Recipe(.20, (1.8, 2.8), (7.0, 18.), (2.5, 3.0), (6, 12), .40, .70,
                               (0, 0), .00, (.08, 1), (0, 3), (3, 7), .50, .35),
     "conferenceRoom": _Recipe(.08, (4.0, 6.5), (5.0, 9.0), (2.7, 3.2), (1, 3), .80, .95,
-                              (0, 0), .95, (.20, 1), (1, 4), (3, 8), .40, .40),
+                              (0, 0), .95, (.30, 1), (1, 4), (3, 8), .40, .40),
     "storage":        _Recipe(.06, (2.0, 4.0), (2.5, 5.0), (2.5, 3.0), (1, 2), .15, .10,
                               (0, 1), .00, (.00, 0), (4, 10), (8, 16), .30, .30),
     "WC":             _Recipe(.05, (2.0, 3.5), (2.5, 5.0), (2.5, 2.9), (2, 4), .50, .00,
@@ -221,23 +222,28 @@ _ROOM_TYPES: dict[str, _Recipe] = {
     "copyRoom":       _Recipe(.03, (2.5, 4.0), (3.0, 5.0), (2.5, 3.0), (1, 2), .40, .50,
                               (0, 1), .00, (.00, 0), (2, 5), (7, 12), .35, .30),
     "openspace":      _Recipe(.05, (6.0, 10.), (7.0, 12.), (2.8, 3.4), (2, 4), .90, .70,
-                              (4, 9), .20, (.45, 2), (3, 7), (8, 16), .45, .80),
+                              (4, 9), .20, (.60, 2), (3, 7), (8, 16), .45, .80),
     "auditorium":     _Recipe(.03, (8.0, 13.), (9.0, 14.), (3.5, 5.0), (2, 4), .40, .90,
                               (0, 0), .00, (.00, 0), (0, 2), (3, 6), .50, .60),
 }
 
-# Shared colour families: every building draws its own members (with jitter), so classes overlap in colour.
+# Colour families. Every building draws its own members (with jitter) of the shared families, so a held-out area
+# has new colours; each object class keeps a family of its own that overlaps the others little (wood is for tables
+# and bookcases, teal for sofas, blue for columns, warm brown-grey for beams, dark neutral paint for doors).
 _PAINTS = np.array([
     (.86, .85, .80), (.80, .80, .78), (.85, .79, .67), (.72, .77, .81), (.75, .81, .72), (.88, .84, .74),
     (.70, .67, .62), (.83, .72, .65), (.62, .66, .70), (.90, .90, .90),
 ])
 _WOODS = np.array([(.62, .45, .28), (.48, .32, .20), (.75, .60, .42), (.36, .24, .16), (.80, .70, .55)])
-_FABRICS = np.array([
-    (.10, .10, .12), (.16, .20, .36), (.50, .12, .12), (.35, .36, .38), (.18, .34, .26), (.55, .45, .30),
-    (.25, .14, .30), (.60, .58, .55),
+_FABRICS = np.array([  # office chairs: dark or muted
+    (.10, .10, .12), (.16, .20, .36), (.35, .36, .38), (.30, .22, .18), (.20, .17, .22), (.28, .30, .36),
 ])
+_SOFA_FABRICS = np.array([(.08, .55, .55), (.10, .62, .50), (.12, .48, .62)])  # teal: no other thing has it
+_DOORS = np.array([(.28, .28, .30), (.22, .22, .25), (.40, .38, .34), (.36, .31, .28)])  # dark neutral paint
+_BEAMS = np.array([(.50, .40, .30), (.42, .36, .30), (.55, .47, .38)])  # warm concrete or stained timber
+_COLUMNS = np.array([(.32, .42, .58), (.28, .38, .52), (.38, .48, .62)])  # cool blue concrete
 _METALS = np.array([(.55, .56, .58), (.30, .31, .33), (.75, .75, .74), (.42, .44, .40)])
-_CARPETS = np.array([(.30, .32, .38), (.22, .22, .24), (.40, .33, .27), (.33, .38, .33), (.38, .20, .22)])
+_CARPETS = np.array([(.30, .30, .30), (.24, .24, .25), (.36, .33, .30), (.32, .30, .28)])  # neutral greys
 _STONES = np.array([(.78, .76, .70), (.60, .60, .58), (.85, .84, .82), (.55, .50, .44)])
 _BRIGHTS = np.array([(.85, .20, .15), (.15, .45, .80), (.95, .80, .15), (.20, .65, .30), (.95, .55, .10), (.7, .2, .6)])
 
@@ -271,19 +277,13 @@ def _building_style(seed: int, area: str) -> _Style:
     rng = np.random.default_rng([seed, 7919, int(area.rstrip("ab"))])
     floors = []
     for _ in range(3):
-        kind = rng.choice(["carpet", "tiles", "planks", "paint"], p=rng.dirichlet([3, 2, 1.5, 1]))
+        kind = rng.choice(["carpet", "tiles"], p=[0.6, 0.4])
         if kind == "carpet":
             floors.append(Material("carpet", _jitter(rng, _pick(rng, _CARPETS, 1)[0]), scale=0.5, contrast=0.25))
-        elif kind == "tiles":
-            stone = _pick(rng, _STONES, 1)[0]
+        else:  # darker than the ceiling tiles; no wooden floors, the tables own the wood look
+            stone = _pick(rng, _STONES, 1)[0] * 0.7
             grout = _jitter(rng, stone * 0.7)
             floors.append(Material("tiles", _jitter(rng, stone), grout, rng.uniform(0.3, 0.6), 0.08))
-        elif kind == "planks":
-            wood = _pick(rng, _WOODS, 1)[0]
-            seams = _jitter(rng, wood * 0.8)
-            floors.append(Material("planks", _jitter(rng, wood), seams, rng.uniform(0.12, 0.2), 0.15))
-        else:
-            floors.append(Material("paint", _jitter(rng, _pick(rng, _STONES, 1)[0] * 0.8), scale=0.3, contrast=0.25))
     ceilings = []
     for _ in range(2):
         white = _jitter(rng, np.array([.88, .88, .86]), 0.04)
@@ -390,28 +390,25 @@ def _add_wall_things(lay: _Layout, recipe: _Recipe) -> None:
         width = rng.choice([0.9, 1.0, 1.2, 1.6, 1.8]) * rng.uniform(0.95, 1.08)
         if rng.random() < 0.25:
             look = Material("opening", _jitter(rng, np.array([.25, .23, .2])), _jitter(rng, style.paints[0]))
-        elif rng.random() < 0.55:
-            look = _mat(rng, "door", style.woods, color2=_jitter(rng, style.metals[0]))
         else:
-            painted = np.vstack([style.paints, _FABRICS[1:3], _METALS])
-            look = _mat(rng, "door", painted, color2=_jitter(rng, style.paints[1]))
+            look = _mat(rng, "door", _DOORS, color2=_jitter(rng, style.metals[0]))
         patch = lay.patch("door", wall, width, 0.0, min(height - 0.15, rng.uniform(2.1, 2.5)), look)
         if patch is not None:  # keep the floor in front of the door clear
             a, b = _wall_point(room, wall, (patch.s0 + patch.s1) / 2, 0.45)
             half = (0.45, width / 2) if wall < 2 else (width / 2, 0.45)
             room.footprints.append((a - half[0], b - half[1], a + half[0], b + half[1]))
     for _ in range(int(rng.integers(1, 4)) if rng.random() < recipe.board_p else 0):
-        white = Material("board", _jitter(rng, np.array([.92, .93, .92]), 0.04), _jitter(rng, style.metals[0]),
-                         salt=int(rng.integers(1 << 16)))
-        cork = Material("board", _jitter(rng, np.array([.62, .45, .30])), _jitter(rng, style.woods[0]),
-                        salt=int(rng.integers(1 << 16)), contrast=1.0)
+        paper, rim = _jitter(rng, np.array([.97, .97, .97]), 0.02), _jitter(rng, np.array([.12, .12, .14]))
+        white = Material("board", paper, rim, salt=int(rng.integers(1 << 16)))
+        slate, rim = _jitter(rng, np.array([.12, .40, .24]), 0.05), _jitter(rng, np.array([.12, .12, .14]))
+        green = Material("board", slate, rim, salt=int(rng.integers(1 << 16)), contrast=1.0)
         z0 = rng.uniform(0.8, 1.0)
-        lay.patch("board", int(rng.integers(4)), rng.uniform(2.0, 5.0), z0, z0 + rng.uniform(1.1, 1.6),
-                  white if rng.random() < 0.75 else cork)
+        lay.patch("board", int(rng.integers(4)), rng.uniform(2.2, 5.0), z0, z0 + rng.uniform(1.2, 1.6),
+                  white if rng.random() < 0.7 else green)
     for wall in rng.permutation(4)[: 1 + int(rng.random() < 0.25)] if rng.random() < recipe.window_p else ():
         wall = int(wall)
-        glass = Material("glass", _jitter(rng, np.array([.75, .85, .95]), 0.1), _jitter(rng, style.metals[0]),
-                         scale=rng.uniform(0.6, 1.4), contrast=float(rng.random() < 0.3),  # contrast 1: blinds
+        glass = Material("glass", _jitter(rng, np.array([.50, .72, .98]), 0.04), _jitter(rng, style.metals[0]),
+                         scale=rng.uniform(0.6, 1.4), contrast=float(rng.random() < 0.1),  # contrast 1: blinds
                          salt=int(rng.integers(1 << 16)))
         z0 = 0.05 if room.room_type in ("lobby", "lounge") and rng.random() < 0.6 else rng.uniform(0.8, 1.1)
         for _ in range(rng.integers(1, 5)):
@@ -429,37 +426,30 @@ def _add_wall_things(lay: _Layout, recipe: _Recipe) -> None:
                   _mat(rng, "paint", _PAINTS, contrast=0.3))
 
 
-def _structure_look(rng: np.random.Generator, room: Room, style: _Style) -> Material:
-    """Beams and columns: often the paint of the walls (then only their shape and shading tell them apart), else
-    another paint of the building or bare concrete."""
-    pick = rng.random()
-    if pick < 0.45:
-        color = np.asarray(room.surfaces[0].color) * rng.uniform(0.9, 1.08)
-    elif pick < 0.8:
-        color = style.paints[rng.integers(len(style.paints))]
-    else:
-        color = _STONES[1] * rng.uniform(0.85, 1.1)
-    return Material("paint", _jitter(rng, color, 0.03), scale=0.3, contrast=0.08 if pick < 0.8 else 0.3)
+def _structure_look(rng: np.random.Generator, family: np.ndarray) -> Material:
+    """Beams (warm concrete or timber) and columns (cool concrete): darker than the walls and ceiling, textured."""
+    color = family[rng.integers(len(family))] * rng.uniform(0.9, 1.1)
+    return Material("paint", _jitter(rng, color, 0.04), scale=0.3, contrast=0.25, salt=int(rng.integers(1 << 16)))
 
 
 def _add_structure(lay: _Layout, recipe: _Recipe) -> None:
-    room, rng, style = lay.room, lay.rng, lay.style
+    room, rng = lay.room, lay.rng
     width, depth, height = room.dims
     if rng.random() < recipe.beam_p:
         along_x = rng.random() < 0.5
         span = width if along_x else depth
         other = depth if along_x else width
-        look = _structure_look(rng, room, style)
+        look = _structure_look(rng, _BEAMS)
         for pos in rng.uniform(0.2, 0.8, rng.integers(1, 3)) * other:
             label = room.add("beam")
-            thick, drop = rng.uniform(0.2, 0.45), rng.uniform(0.2, 0.45)
+            thick, drop = rng.uniform(0.3, 0.55), rng.uniform(0.3, 0.5)
             center = (span / 2, pos) if along_x else (pos, span / 2)
             half = (span / 2, thick / 2, drop / 2) if along_x else (thick / 2, span / 2, drop / 2)
             room.boxes.append(Box(label, np.array([*center, height - drop / 2]), np.array(half), 0.0, look))
     if rng.random() < recipe.column_p:
-        look = _structure_look(rng, room, style)
+        look = _structure_look(rng, _COLUMNS)
         for _ in range(rng.integers(1, 5)):
-            side, out = rng.uniform(0.4, 0.8), rng.uniform(0.25, 0.6)
+            side, out = rng.uniform(0.5, 0.9), rng.uniform(0.3, 0.6)
             free_standing = room.room_type in ("lobby", "openspace", "auditorium") and rng.random() < 0.5
             wall = None if free_standing else int(rng.integers(4))
             spot = lay.spot(side, out, wall, gap=0.0)
@@ -490,7 +480,7 @@ def _add_table(lay: _Layout, xy, yaw: float, size: tuple[float, float], top: Mat
     """A table (top and four legs or two side panels); returns the height of its top."""
     rng, label = lay.rng, lay.room.add("table")
     height = rng.uniform(0.71, 0.77)
-    lay.part(label, xy, yaw, (0, 0, height), (size[0] / 2, size[1] / 2, rng.uniform(0.015, 0.03)), top)
+    lay.part(label, xy, yaw, (0, 0, height), (size[0] / 2, size[1] / 2, rng.uniform(0.025, 0.04)), top)
     if rng.random() < 0.5:
         for sx in (-1, 1):
             for sy in (-1, 1):
@@ -561,7 +551,7 @@ def _add_desk(lay: _Layout, fabric: Material, metal: Material, top: Material) ->
 
 def _add_sofa(lay: _Layout, leather: Material) -> None:
     """A sofa: base, seat cushion, back and two arms."""
-    rng, length = lay.rng, lay.rng.uniform(1.4, 2.4)
+    rng, length = lay.rng, lay.rng.uniform(1.6, 2.6)
     spot = lay.spot(length, 0.9, int(rng.integers(4)) if rng.random() < 0.75 else None)
     if spot is None:
         return
@@ -576,9 +566,8 @@ def _add_sofa(lay: _Layout, leather: Material) -> None:
 
 def _add_bookcases(lay: _Layout, count: int) -> None:
     """About ``count`` bookcases, in rows of one to three against the walls; each is its own instance."""
-    rng, style = lay.rng, lay.style
-    case = _mat(rng, "planks", style.woods, scale=2.0, contrast=0.05) if rng.random() < 0.5 \
-        else _mat(rng, "paint", np.vstack([style.metals, _PAINTS[[0, 9]]]), contrast=0.04)
+    rng = lay.rng
+    case = _mat(rng, "planks", _WOODS[[1, 3]], scale=2.0, contrast=0.05)
     placed, height = 0, rng.choice([rng.uniform(0.9, 1.3), rng.uniform(1.8, 2.3)], p=[.2, .8])
     while placed < count:
         run, width, depth = int(rng.integers(1, 4)), rng.uniform(0.8, 1.2), rng.uniform(0.3, 0.45)
@@ -588,7 +577,7 @@ def _add_bookcases(lay: _Layout, count: int) -> None:
             continue
         (x, y), yaw = spot
         for k in range(run):
-            books = Material("books", case.color, scale=rng.uniform(0.3, 0.4), contrast=float(rng.uniform(0.5, 1.0)),
+            books = Material("books", case.color, scale=rng.uniform(0.3, 0.4), contrast=float(rng.uniform(0.8, 1.0)),
                              salt=int(rng.integers(1 << 16)))
             offset, half = ((k - (run - 1) / 2) * width, 0, height / 2), (width / 2 - 0.005, depth / 2, height / 2)
             lay.part(lay.room.add("bookcase"), (x, y), yaw, offset, half, case, books)
@@ -599,10 +588,7 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
     fabric = Material("fabric", _jitter(rng, style.fabrics[rng.integers(4)]), scale=1.0, contrast=0.2,
                       salt=int(rng.integers(1 << 16)))
     metal = _mat(rng, "paint", style.metals, contrast=0.05)
-    if rng.random() < 0.6:
-        top = _mat(rng, "planks", style.woods, color2=_jitter(rng, style.woods[0] * 0.8), scale=2.0, contrast=0.08)
-    else:
-        top = _mat(rng, "paint", np.vstack([_PAINTS[[0, 1, 9]], _METALS[:1]]), contrast=0.05)
+    top = _mat(rng, "planks", _WOODS[[0, 2, 4]], color2=_jitter(rng, _WOODS[1]), scale=2.0, contrast=0.08)
     if rng.random() < recipe.meeting_p:
         _add_meeting_table(lay, fabric, metal, top)
     for _ in range(rng.integers(recipe.desks[0], recipe.desks[1] + 1)):
@@ -613,7 +599,7 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
                 if rng.random() < 0.9:
                     _add_chair(lay, (x, row), -np.pi / 2 + rng.normal(0, 0.05), fabric, metal)
     if rng.random() < recipe.sofas[0]:
-        leather = Material("fabric", _jitter(rng, np.vstack([style.fabrics, _WOODS[[1, 3]]])[rng.integers(6)]),
+        leather = Material("fabric", _jitter(rng, _SOFA_FABRICS[rng.integers(len(_SOFA_FABRICS))], 0.04),
                            scale=1.0, contrast=0.15, salt=int(rng.integers(1 << 16)))
         for _ in range(rng.integers(1, recipe.sofas[1] + 1)):
             _add_sofa(lay, leather)
@@ -627,7 +613,7 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
 
 def _add_clutter(lay: _Layout, recipe: _Recipe) -> None:
     room, rng, style = lay.room, lay.rng, lay.style
-    looks = np.vstack([style.metals, style.paints[:2], _PAINTS[[0, 9]], _WOODS[[0]], _BRIGHTS[:2]])
+    looks = np.vstack([style.metals, _METALS, _BRIGHTS[:2]])  # not the wall paints
     for _ in range(rng.integers(recipe.clutter[0], recipe.clutter[1] + 1)):
         kind = rng.choice(["cabinet", "box", "bin", "plant", "machine"], p=[.35, .25, .15, .1, .15])
         size = {"cabinet": ((0.5, 1.2), (0.45, 0.65), (0.8, 1.8)), "box": ((0.3, 0.7), (0.3, 0.6), (0.2, 0.6)),
@@ -667,7 +653,7 @@ def _plan_room(seed: int, area: str, index: int, number: dict[str, int], style: 
     room.surfaces = walls + [style.floors[rng.integers(3)], style.ceilings[rng.integers(2)]]
     for cls in ("wall", "wall", "wall", "wall", "floor", "ceiling"):
         room.add(cls)
-    room.light = (rng.uniform(0.35, 0.6), rng.uniform(0.2, 0.5), style.lamp_power * rng.uniform(0.6, 1.3))
+    room.light = (rng.uniform(0.4, 0.55), rng.uniform(0.15, 0.35), style.lamp_power * rng.uniform(0.6, 1.3))
     warm = style.warmth + rng.normal(0, 0.02)
     room.white_balance = (1 + warm, 1.0, 1 - warm)
     nx, ny = 1 + int(dims[0] > 5), 1 + int(dims[1] > 5)
@@ -837,7 +823,7 @@ def _tex_glass(u, v, m: Material, ext):
     width, height = ext
     sky = _rgb(m.color, 1.05 + 0.1 * v / max(height, 1e-3))
     ground = _rgb((0.45, 0.5, 0.45), 1 + 0.25 * _noise(u * 6 + m.salt, v * 6))
-    horizon = height * (0.35 + 0.2 * _hash(m.salt)) + 0.25 * _noise(u * 3 + m.salt, 1.0)
+    horizon = height * (0.1 + 0.15 * _hash(m.salt)) + 0.25 * _noise(u * 3 + m.salt, 1.0)
     out = np.where((v < horizon)[:, None], ground, sky)
     if m.contrast > 0.5:  # blinds
         out = out * (0.75 + 0.25 * (np.sin(v * 90) > 0))[:, None]
@@ -847,9 +833,9 @@ def _tex_glass(u, v, m: Material, ext):
 
 
 def _tex_board(u, v, m: Material, ext):
-    """A whiteboard (or cork board) with a frame and rows of scribbles."""
+    """A whiteboard (or a green chalkboard, ``contrast`` 1) with a dark frame and rows of writing."""
     width, height = ext
-    frame = (u < 0.03) | (u > width - 0.03) | (v < 0.03) | (v > height - 0.03)
+    frame = (u < 0.06) | (u > width - 0.06) | (v < 0.06) | (v > height - 0.06)
     row = np.floor(v / 0.09)
     band = np.abs(v / 0.09 - row - 0.5) < 0.18
     words = _noise(u * 30 + m.salt, row * 13.0) > 0.6
@@ -1101,7 +1087,7 @@ def _shade(room: Room, origin: np.ndarray, dirs: np.ndarray, frame: _Frame, rng)
     rgb[frame.emissive] = frame.albedo[frame.emissive] * 1.1
     sample = rgb[::4, ::4][~frame.emissive[::4, ::4]]
     level = float(np.median(sample.mean(-1))) if len(sample) else 0.5
-    return rgb * np.float32(rng.uniform(0.3, 0.48) / max(level, 1e-3))
+    return rgb * np.float32(rng.uniform(0.36, 0.44) / max(level, 1e-3))
 
 
 def _scanner_gaps(rgb: np.ndarray, label: np.ndarray, depth: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -1129,14 +1115,14 @@ def _camera_effects(rgb: np.ndarray, rng) -> np.ndarray:
     """Vignetting, tone curve, blur, sensor noise and sometimes JPEG artefacts; returns uint8 RGB."""
     size = rgb.shape[0]
     r = np.linspace(-1, 1, size, dtype=np.float32)
-    vignette = 1 - np.float32(rng.uniform(0.1, 0.35)) * (r[None, :] ** 2 + r[:, None] ** 2) / 2
+    vignette = 1 - np.float32(rng.uniform(0.1, 0.25)) * (r[None, :] ** 2 + r[:, None] ** 2) / 2
     rgb = 1 - np.exp(-1.6 * np.clip(rgb * vignette[..., None], 0, None))  # soft highlight roll-off
-    sigma = rng.uniform(0.3, 1.0) * size / 400
+    sigma = rng.uniform(0.2, 0.6) * size / 400
     img = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma > 0.25 else rgb
-    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(1.0, 5.0))
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.5, 2.0))
     out = np.clip(img * np.float32(255 / (1 - np.exp(-1.6))) + noise, 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:
-        _, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 92))])
+    if rng.random() < 0.2:
+        _, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 95))])
         out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     return out
 
@@ -1222,6 +1208,12 @@ def _manifest(areas: tuple[str, ...], counts: dict[str, int], size: int, seed: i
             "areas": list(areas), "images_per_area": counts, "num_images": sum(counts.values())}
 
 
+def _spawn_safe() -> bool:
+    """Spawned workers re-import the parent's main script, which is impossible when it came from standard input."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or Path(main_file).is_file()
+
+
 def _write_into(tmp: Path, areas, counts, size: int, seed: int, workers: int, progress: bool) -> None:
     """Generate the whole data set inside ``tmp``; ``assets/synth.json`` is written last."""
     from tqdm.auto import tqdm
@@ -1233,7 +1225,7 @@ def _write_into(tmp: Path, areas, counts, size: int, seed: int, workers: int, pr
             (tmp / f"area_{area}" / "data" / kind).mkdir(parents=True)
     (tmp / "assets" / "semantic_labels.json").write_text(json.dumps(entries))
     with tqdm(total=len(tasks), desc="generating scenes", unit="img", disable=not progress) as bar:
-        if workers <= 1:
+        if workers <= 1 or not _spawn_safe():
             for task in tasks:
                 bar.update(_render_task(task))
         else:
