@@ -20,7 +20,7 @@ from pathlib import Path
 from labcode.errors import LabError
 
 #: Defaults tuned for two CPU cores (see the module docstring).
-CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 15, "batch_size": 8, "lr": 3e-3,
+CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 25, "batch_size": 8, "lr": 3e-3,
                 "class_weights": "inverse_sqrt"}
 
 
