@@ -35,14 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     image, mask = dataset[args.index]
     augmented = None
     if args.augmented:
-        from labcode.transforms import train_transforms
+        from labcode.transforms import PairedTransform, denormalize, train_transforms
 
         pipeline = train_transforms(args.img_size)
         pipeline.set_random_seed(args.seed)
-        out = pipeline(image=image, mask=mask.astype("uint8"))
-        from labcode.transforms import denormalize
-
-        augmented = (denormalize(out["image"]), out["mask"].numpy())
+        aug_image, aug_mask = PairedTransform(pipeline)(image, mask.astype("uint8"))
+        augmented = (denormalize(aug_image), aug_mask.numpy())
     fig = plot_sample(image, mask, augmented, title=f"{dataset.files[args.index].rgb.name} (area {dataset.files[args.index].area})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
