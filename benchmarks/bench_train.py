@@ -1,6 +1,9 @@
-"""Training-step throughput of the UNet at 256x256 (images/s): fp32, channels_last and, on CUDA, bf16/fp16 autocast.
+"""Training-step throughput of the UNet at 256x256 (images/s): fp32, channels_last and bf16 autocast (on CUDA also
+fp16 with a gradient scaler). On a CPU without bfloat16 matrix units (AMX) the bf16 row is emulated, hence slow, and
+``labcode`` trains in fp32 there (:func:`labcode.engine.cpu_has_bf16_matmul`).
 
     python -m benchmarks.bench_train [--batch-size 8 --base-chan 32 --num-blocks 4 --steps 5]
+    python -m benchmarks.bench_train --img-size 128 --base-chan 16 --num-blocks 3   # the pipeline's CPU model
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from benchmarks.common import machine, print_table
+from labcode.engine import cpu_has_bf16_matmul
 from labcode.losses import build_loss
 from labcode.models import build_model, count_parameters
 
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         settings += [("bf16 autocast channels_last", torch.bfloat16, True),
                      ("fp16 autocast + GradScaler channels_last", torch.float16, True)]
+    else:
+        hardware = "AMX" if cpu_has_bf16_matmul() else "no AMX: emulated"
+        settings += [(f"bf16 autocast ({hardware})", torch.bfloat16, False),
+                     (f"bf16 autocast channels_last ({hardware})", torch.bfloat16, True)]
     generator = torch.Generator().manual_seed(0)
     batch = (torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator).to(device),
              torch.randint(0, 14, (args.batch_size, args.img_size, args.img_size), generator=generator).to(device))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labcode.engine import NonFiniteLossError, amp_setup, evaluate, nan_to_none, train_one_epoch
+from labcode.engine import (NonFiniteLossError, amp_setup, cpu_has_bf16_matmul, evaluate, nan_to_none,
+                            train_one_epoch)
 from labcode.errors import LabError
 from labcode.models import build_model
 from labcode.transforms import MEAN, STD
@@ -153,11 +156,36 @@ def test_evaluate_matches_an_independent_confusion_matrix() -> None:
 
 
 def test_amp_setup_on_cpu_is_one_disabled_path() -> None:
-    autocast_ctx, scaler, name = amp_setup(torch.device("cpu"))
-    assert name == "fp32" and not scaler.is_enabled()
+    for kwargs in ({"enabled": False}, {"cpu_bf16": False}):
+        autocast_ctx, scaler, name = amp_setup(torch.device("cpu"), **kwargs)
+        assert name == "fp32" and not scaler.is_enabled()
+        with autocast_ctx():
+            y = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert y.dtype == torch.float32
+
+
+def test_amp_setup_on_cpu_follows_the_hardware() -> None:
+    _, _, name = amp_setup(torch.device("cpu"))
+    assert name == ("bf16" if cpu_has_bf16_matmul() else "fp32")
+
+
+def test_training_with_bf16_autocast_on_cpu() -> None:
+    """The CPU twin of the CUDA mixed-precision test: the same loop learns under bfloat16 autocast, no scaler."""
+    autocast_ctx, scaler, name = amp_setup(torch.device("cpu"), cpu_bf16=True)
+    assert name == "bf16" and not scaler.is_enabled()
     with autocast_ctx():
-        y = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert y.dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    model = tiny_unet().to(memory_format=torch.channels_last)
+    loader = ListLoader(block_batches())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    results = [train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), scaler=scaler,
+                               autocast_ctx=autocast_ctx, channels_last=True, progress=False) for _ in range(25)]
+    assert results[-1]["loss"] < 0.6 * results[0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights
+    valid = evaluate(model, nn.CrossEntropyLoss(), loader, torch.device("cpu"), autocast_ctx=autocast_ctx,
+                     progress=False)
+    assert math.isfinite(valid["loss"]) and valid["accuracy"] > 0.8
 
 
 @pytest.mark.gpu

@@ -18,6 +18,7 @@ from PIL import Image
 
 from labcode.classes import CLASSES
 from labcode.data import StanfordDataset
+from labcode.engine import cpu_has_bf16_matmul
 from labcode.errors import LabError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def check_end_to_end(synth_root: Path, tmp_path: Path, extra: list[str]) -> dict
 
 def test_train_export_test_infer_end_to_end_on_cpu(synth_root: Path, tmp_path: Path) -> None:
     result = check_end_to_end(synth_root, tmp_path, ["--device", "cpu"])
-    assert "device: cpu (fp32)" in result["summary"]
+    assert f"device: cpu ({'bf16' if cpu_has_bf16_matmul() else 'fp32'})" in result["summary"]
 
 
 @pytest.mark.gpu
