@@ -34,15 +34,17 @@ def eval_transforms(img_size: int | None) -> A.Compose:
 def train_transforms(img_size: int) -> A.Compose:
     """Augmentation preset for training, ending with the same normalisation as :func:`eval_transforms`.
 
-    Geometric transforms move image and mask together; photometric ones and dropout touch the image only.
+    Geometric transforms move image and mask together; photometric ones touch the image only; dropout blacks out
+    holes in the image and marks them ``<UNK>`` (0) in the mask, exactly like the scanner's gaps.
     """
     # BEGIN SOLUTION 02_data_pipeline: Augmentation pipeline
     augment = [
-        A.RandomResizedCrop(size=(img_size, img_size), scale=(0.3, 1.0), ratio=(0.75, 1.333), mask_interpolation=0),
+        A.RandomResizedCrop(size=(img_size, img_size), scale=(0.5, 1.0), ratio=(0.75, 1.333), mask_interpolation=0),
         A.HorizontalFlip(p=0.5),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        # a black hole is missing data (a scanner gap), so its label is <UNK>, not what the hole hides
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
-                        fill=0, fill_mask=None, p=0.3),
+                        fill=0, fill_mask=0, p=0.3),
     ]
     # END SOLUTION
     return A.Compose(augment + _finish())
