@@ -48,7 +48,7 @@ from labcode.errors import DatasetError, LabError
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the rendered images change; names the default data set folder (``synth-<version>``).
-SYNTH_VERSION: str = "3"
+SYNTH_VERSION: str = "4"
 
 #: Number of images of each real area (area 5 is split evenly between 5a and 5b).
 REAL_AREA_IMAGES: dict[str, int] = {
@@ -229,22 +229,23 @@ _ROOM_TYPES: dict[str, _Recipe] = {
 
 # Colour families. Every building draws its own members (with jitter) of the shared families, so a held-out area
 # has new colours; each object class keeps a family of its own that overlaps the others little (wood is for tables
-# and bookcases, teal for sofas, blue for columns, warm brown-grey for beams, dark neutral paint for doors).
+# and bookcases, teal for sofas, mauve for columns, warm brown-grey for beams, dark neutral paint for doors;
+# clutter is light metal or bright plastic).
 _PAINTS = np.array([
     (.86, .85, .80), (.80, .80, .78), (.85, .79, .67), (.72, .77, .81), (.75, .81, .72), (.88, .84, .74),
-    (.70, .67, .62), (.83, .72, .65), (.62, .66, .70), (.90, .90, .90),
+    (.70, .67, .62), (.83, .72, .65), (.62, .66, .70), (.84, .84, .82),
 ])
 _WOODS = np.array([(.62, .45, .28), (.48, .32, .20), (.75, .60, .42), (.36, .24, .16), (.80, .70, .55)])
-_FABRICS = np.array([  # office chairs: dark or muted
-    (.10, .10, .12), (.16, .20, .36), (.35, .36, .38), (.30, .22, .18), (.20, .17, .22), (.28, .30, .36),
+_FABRICS = np.array([  # office chairs: darker than the floors, never blue or green (the sofas' teal)
+    (.10, .10, .12), (.18, .18, .20), (.26, .18, .14), (.24, .14, .22), (.34, .12, .14), (.12, .14, .20),
 ])
-_SOFA_FABRICS = np.array([(.08, .55, .55), (.10, .62, .50), (.12, .48, .62)])  # teal: no other thing has it
+_SOFA_FABRICS = np.array([(.08, .55, .55), (.10, .60, .52), (.10, .52, .58)])  # teal: no other thing has it
 _DOORS = np.array([(.28, .28, .30), (.22, .22, .25), (.40, .38, .34), (.36, .31, .28)])  # dark neutral paint
 _BEAMS = np.array([(.50, .40, .30), (.42, .36, .30), (.55, .47, .38)])  # warm concrete or stained timber
-_COLUMNS = np.array([(.32, .42, .58), (.28, .38, .52), (.38, .48, .62)])  # cool blue concrete
+_COLUMNS = np.array([(.52, .34, .56), (.46, .30, .52), (.58, .40, .62)])  # mauve cladding: not sky, not paint
 _METALS = np.array([(.55, .56, .58), (.30, .31, .33), (.75, .75, .74), (.42, .44, .40)])
-_CARPETS = np.array([(.30, .30, .30), (.24, .24, .25), (.36, .33, .30), (.32, .30, .28)])  # neutral greys
-_STONES = np.array([(.78, .76, .70), (.60, .60, .58), (.85, .84, .82), (.55, .50, .44)])
+_CARPETS = np.array([(.46, .45, .43), (.40, .40, .41), (.50, .47, .42), (.44, .42, .40)])  # mid greys
+_STONES = np.array([(.78, .77, .74), (.60, .60, .60), (.85, .84, .83), (.58, .59, .62)])  # cool greys
 _BRIGHTS = np.array([(.85, .20, .15), (.15, .45, .80), (.95, .80, .15), (.20, .65, .30), (.95, .55, .10), (.7, .2, .6)])
 
 
@@ -420,14 +421,10 @@ def _add_wall_things(lay: _Layout, recipe: _Recipe) -> None:
         z0 = rng.uniform(0.3, 1.6)
         look = _mat(rng, "poster", _BRIGHTS, color2=_jitter(rng, style.paints[2]), contrast=1.0)
         lay.patch("clutter", int(rng.integers(4)), rng.uniform(0.3, 1.2), z0, z0 + rng.uniform(0.3, 0.9), look)
-    if rng.random() < 0.15:  # an unannotated thing on a wall
-        z0 = rng.uniform(0.2, 1.5)
-        lay.patch("<UNK>", int(rng.integers(4)), rng.uniform(0.3, 1.0), z0, z0 + rng.uniform(0.3, 0.8),
-                  _mat(rng, "paint", _PAINTS, contrast=0.3))
 
 
 def _structure_look(rng: np.random.Generator, family: np.ndarray) -> Material:
-    """Beams (warm concrete or timber) and columns (cool concrete): darker than the walls and ceiling, textured."""
+    """Beams (warm concrete or timber) and columns (mauve cladding): darker than the walls and ceiling, textured."""
     color = family[rng.integers(len(family))] * rng.uniform(0.9, 1.1)
     return Material("paint", _jitter(rng, color, 0.04), scale=0.3, contrast=0.25, salt=int(rng.integers(1 << 16)))
 
@@ -465,12 +462,12 @@ def _add_chair(lay: _Layout, xy, heading: float, fabric: Material, metal: Materi
     lay.part(label, xy, yaw, (0, 0, seat), (0.24, 0.23, 0.045), fabric)
     lay.part(label, xy, yaw, (0, -0.22, seat + 0.3), (0.22, 0.035, rng.uniform(0.18, 0.3)), fabric)
     if rng.random() < 0.5:  # swivel chair: pole and star base
-        lay.part(label, xy, yaw, (0, 0, seat / 2), (0.025, 0.025, seat / 2), metal)
-        lay.part(label, xy, yaw + rng.uniform(0, 1.5), (0, 0, 0.04), (0.3, 0.03, 0.03), metal)
-        lay.part(label, xy, yaw + rng.uniform(0, 1.5), (0, 0, 0.04), (0.03, 0.3, 0.03), metal)
+        lay.part(label, xy, yaw, (0, 0, seat / 2), (0.035, 0.035, seat / 2), metal)
+        lay.part(label, xy, yaw + rng.uniform(0, 1.5), (0, 0, 0.045), (0.3, 0.04, 0.04), metal)
+        lay.part(label, xy, yaw + rng.uniform(0, 1.5), (0, 0, 0.045), (0.04, 0.3, 0.04), metal)
     else:
         for dx, dy in ((-0.2, -0.19), (0.2, -0.19), (-0.2, 0.19), (0.2, 0.19)):
-            lay.part(label, xy, yaw, (dx, dy, seat / 2), (0.02, 0.02, seat / 2), metal)
+            lay.part(label, xy, yaw, (dx, dy, seat / 2), (0.03, 0.03, seat / 2), metal)
     if rng.random() < 0.4:
         for dx in (-0.26, 0.26):
             lay.part(label, xy, yaw, (dx, 0, seat + 0.2), (0.025, 0.17, 0.02), metal)
@@ -498,7 +495,7 @@ def _add_table_things(lay: _Layout, xy, yaw: float, size: tuple[float, float], h
     rng, style = lay.rng, lay.style
     for _ in range(count):
         x, y = rng.uniform(-0.4, 0.4) * size[0], rng.uniform(-0.35, 0.35) * size[1]
-        label = lay.room.add("clutter" if rng.random() < 0.95 else "<UNK>")
+        label = lay.room.add("clutter")
         if rng.integers(3) == 0:  # monitor on a foot
             screen = Material("screen", _jitter(rng, np.array([.08, .08, .1])), _jitter(rng, style.metals[1]))
             plastic = _mat(rng, "paint", _METALS[1:2])
@@ -506,7 +503,7 @@ def _add_table_things(lay: _Layout, xy, yaw: float, size: tuple[float, float], h
             lay.part(label, xy, yaw, (x, y - 0.02, height + 0.03), (0.04, 0.04, 0.03), plastic)
         else:
             half = rng.uniform((0.05, 0.05, 0.01), (0.2, 0.16, 0.12))
-            look = _mat(rng, "paint", np.vstack([_BRIGHTS, _PAINTS[[0, 9]]]), contrast=0.2)
+            look = _mat(rng, "paint", np.vstack([_BRIGHTS[[0, 2, 4]], _METALS[[0, 2]], _PAINTS[[0]]]), contrast=0.2)
             lay.part(label, xy, yaw + rng.normal(0, 0.4), (x, y, height + half[2]), half, look)
 
 
@@ -588,7 +585,7 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
     fabric = Material("fabric", _jitter(rng, style.fabrics[rng.integers(4)]), scale=1.0, contrast=0.2,
                       salt=int(rng.integers(1 << 16)))
     metal = _mat(rng, "paint", style.metals, contrast=0.05)
-    top = _mat(rng, "planks", _WOODS[[0, 2, 4]], color2=_jitter(rng, _WOODS[1]), scale=2.0, contrast=0.08)
+    top = _mat(rng, "planks", _WOODS[[0, 2]], color2=_jitter(rng, _WOODS[1]), scale=2.0, contrast=0.08)
     if rng.random() < recipe.meeting_p:
         _add_meeting_table(lay, fabric, metal, top)
     for _ in range(rng.integers(recipe.desks[0], recipe.desks[1] + 1)):
@@ -613,7 +610,8 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
 
 def _add_clutter(lay: _Layout, recipe: _Recipe) -> None:
     room, rng, style = lay.room, lay.rng, lay.style
-    looks = np.vstack([style.metals, _METALS, _BRIGHTS[:2]])  # not the wall paints
+    looks = np.vstack([_METALS[[0, 2]], _BRIGHTS[[0, 2, 4]]])  # light metal or red/yellow/orange plastic: no
+    # dark neutral (doors, chairs), no wall paint, no blue or green (sofas, windows)
     for _ in range(rng.integers(recipe.clutter[0], recipe.clutter[1] + 1)):
         kind = rng.choice(["cabinet", "box", "bin", "plant", "machine"], p=[.35, .25, .15, .1, .15])
         size = {"cabinet": ((0.5, 1.2), (0.45, 0.65), (0.8, 1.8)), "box": ((0.3, 0.7), (0.3, 0.6), (0.2, 0.6)),
@@ -623,10 +621,10 @@ def _add_clutter(lay: _Layout, recipe: _Recipe) -> None:
         spot = lay.spot(w, d, int(rng.integers(4)) if rng.random() < 0.75 else None)
         if spot is None:
             continue
-        label = room.add("clutter" if rng.random() < 0.96 else "<UNK>")
+        label = room.add("clutter")
         if kind == "plant":
             lay.part(label, spot[0], spot[1], (0, 0, 0.2), (w / 3, d / 3, 0.2), _mat(rng, "paint", looks))
-            leaves = Material("fabric", _jitter(rng, np.array([.2, .42, .18]), 0.1), scale=4.0, contrast=0.6)
+            leaves = Material("fabric", _jitter(rng, np.array([.30, .45, .12]), 0.1), scale=4.0, contrast=0.6)
             lay.part(label, spot[0], spot[1], (0, 0, h / 2 + 0.2), (w / 2, d / 2, h / 2 - 0.2), leaves)
         else:
             kind_look = "tiles" if kind == "cabinet" and rng.random() < 0.7 else "paint"
@@ -868,7 +866,7 @@ def _tex_opening(u, v, m: Material, ext):
 def _tex_poster(u, v, m: Material, ext):
     width, height = ext
     cells = _hash(np.floor(u / max(width, 1e-3) * 3), np.floor(v / max(height, 1e-3) * 4), m.salt)
-    colors = np.vstack([_BRIGHTS, _PAINTS[[0, 9]], _FABRICS[:2]]).astype(np.float32)
+    colors = np.vstack([_BRIGHTS, _FABRICS[:2]]).astype(np.float32)  # no wall paint in a poster
     out = colors[(cells * len(colors)).astype(np.int64)]
     border = (u < 0.03) | (u > width - 0.03) | (v < 0.03) | (v > height - 0.03)
     return np.where(border[:, None], _rgb(m.color2, 0.6), out)

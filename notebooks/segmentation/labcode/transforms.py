@@ -37,7 +37,8 @@ def eval_transforms(img_size: int | None) -> A.Compose:
 def train_transforms(img_size: int) -> A.Compose:
     """Augmentation preset for training, ending with the same normalisation as :func:`eval_transforms`.
 
-    Geometric transforms move image and mask together; photometric ones and dropout touch the image only.
+    Geometric transforms move image and mask together; photometric ones touch the image only; dropout blacks out
+    holes in the image and marks them ``<UNK>`` (0) in the mask, exactly like the scanner's gaps.
     """
     # EXERCISE "Augmentation pipeline" (see notebook 02_data_pipeline.ipynb): replace the next line with your code.
     raise NotImplementedError("Augmentation pipeline: write it (see notebook 02_data_pipeline.ipynb)")

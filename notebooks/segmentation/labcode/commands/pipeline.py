@@ -22,8 +22,8 @@ from pathlib import Path
 from labcode.errors import LabError
 
 #: Defaults tuned for two CPU cores (see the module docstring).
-CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 25, "batch_size": 8, "lr": 3e-3,
-                "class_weights": "inverse_sqrt"}
+CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 50, "batch_size": 8, "lr": 3e-3,
+                "class_weights": "inverse_sqrt", "valid_ratio": 0.1, "figure_every": 5}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing <logdir>/<name>")
     parser.add_argument("--areas-train", "--areas_train", nargs="+", default=["1", "2", "3", "4", "6"])
     parser.add_argument("--areas-test", "--areas_test", nargs="+", default=["5a", "5b"])
+    parser.add_argument("--valid-ratio", "--valid_ratio", type=float, default=CPU_DEFAULTS["valid_ratio"],
+                        help="share of the training areas' images held out for validation (default: 0.1)")
     parser.add_argument("--model", default="unet")
     parser.add_argument("--epochs", type=int, default=CPU_DEFAULTS["epochs"])
     parser.add_argument("--img-size", "--img_size", type=int, default=CPU_DEFAULTS["img_size"])
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "in training; 0 keeps the native resolution)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep the default memory format (channels_last is faster on CPU and GPU)")
+    parser.add_argument("--no-amp", dest="amp", action="store_false",
+                        help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
@@ -80,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[1/4] training {args.model} on areas {' '.join(args.areas_train)} of {datadir}")
     config = TrainConfig(
-        datadir=str(datadir), areas_train=args.areas_train, model=args.model,
+        datadir=str(datadir), areas_train=args.areas_train, valid_ratio=args.valid_ratio, model=args.model,
         model_options={"base_chan": args.base_chan, "num_blocks": args.num_blocks} if args.model == "unet" else {},
         loss=args.loss, class_weights=args.class_weights, img_size=args.img_size, batch_size=args.batch_size,
         num_workers=args.num_workers,
         epochs=args.epochs, lr=args.lr, seed=args.seed, logdir=args.logdir, run_name=args.name,
-        device=args.device, small=args.small, progress=args.progress,
+        device=args.device, channels_last=args.channels_last, amp=args.amp, small=args.small, progress=args.progress,
+        figure_every=CPU_DEFAULTS["figure_every"],
         command=shlex.join(["python", "-m", "labcode", "pipeline", *argv]),
     )
     trained = fit(config)

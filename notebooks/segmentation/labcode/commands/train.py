@@ -63,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--logdir", default="runs", help="parent directory of the runs (default: runs)")
     run.add_argument("--run-name", "--run_name", default=None, help="run directory name (default: model-time)")
+    run.add_argument("--figure-every", type=int, default=1,
+                     help="draw the TensorBoard figures every N epochs and at the last one (default: 1)")
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                      help="continue a run: a checkpoint, a run directory, or nothing for <logdir>/<run-name>")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     run.add_argument("--threads", type=int, default=None,
                      help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
-    run.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    run.add_argument("--no-amp", dest="amp", action="store_false",
+                     help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
     run.add_argument("--channels-last", "--channels_last", action="store_true")
     run.add_argument("--no-export", dest="export_onnx", action="store_false", help="do not export best.onnx")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -112,7 +115,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
         num_workers=args.num_workers, augment=args.augment, cache_dir=args.cache_dir, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, small=args.small, seed=args.seed,
         logdir=args.logdir, run_name=args.run_name, resume=resume, channels_last=args.channels_last, amp=args.amp,
-        device=args.device, export_onnx=args.export_onnx, progress=args.progress,
+        device=args.device, export_onnx=args.export_onnx, progress=args.progress, figure_every=args.figure_every,
         command=shlex.join(["python", "-m", "labcode", "train", *argv]),
     )
 
