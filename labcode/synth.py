@@ -608,8 +608,9 @@ def _add_furniture(lay: _Layout, recipe: _Recipe) -> None:
 
 def _add_clutter(lay: _Layout, recipe: _Recipe) -> None:
     room, rng, style = lay.room, lay.rng, lay.style
-    looks = np.vstack([_METALS[[0, 2]], _BRIGHTS[[0, 2, 4]]])  # light metal or red/yellow/orange plastic: no
-    # dark neutral (doors, chairs), no wall paint, no blue or green (sofas, windows)
+    # light metal or red/yellow/orange plastic: not the dark neutrals of doors and chairs, not wall paint, not the
+    # blues and greens of sofas and windows
+    looks = np.vstack([_METALS[[0, 2]], _BRIGHTS[[0, 2, 4]]])
     for _ in range(rng.integers(recipe.clutter[0], recipe.clutter[1] + 1)):
         kind = rng.choice(["cabinet", "box", "bin", "plant", "machine"], p=[.35, .25, .15, .1, .15])
         size = {"cabinet": ((0.5, 1.2), (0.45, 0.65), (0.8, 1.8)), "box": ((0.3, 0.7), (0.3, 0.6), (0.2, 0.6)),

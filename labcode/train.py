@@ -320,10 +320,10 @@ def _log_epoch(writer, epoch: int, train: dict[str, Any], valid: dict[str, Any],
     writer.add_scalar("lr", train["lr"], epoch)
     writer.add_scalar("epoch_time_s", epoch_time, epoch)
     examples = valid.get("examples")
-    if figures and examples is not None and len(examples["images"]):
-        writer.add_figure("valid/predictions", plot_predictions(examples["images"], examples["targets"],
-                                                                examples["preds"], max_items=figure_items), epoch)
     if figures:
+        if examples is not None and len(examples["images"]):
+            writer.add_figure("valid/predictions", plot_predictions(examples["images"], examples["targets"],
+                                                                    examples["preds"], max_items=figure_items), epoch)
         writer.add_figure("valid/confusion_matrix", plot_confusion_matrix(valid["confusion"]), epoch)
     writer.flush()
 

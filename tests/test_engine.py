@@ -169,22 +169,27 @@ def test_amp_setup_on_cpu_follows_the_hardware() -> None:
     assert name == ("bf16" if cpu_has_bf16_matmul() else "fp32")
 
 
+def train_with_mixed_precision(device: torch.device, autocast_ctx, scaler) -> tuple[nn.Module, list[dict], dict]:
+    """25 epochs of a tiny UNet (channels_last) under the given autocast and scaler, then one evaluation."""
+    torch.manual_seed(0)
+    model = tiny_unet().to(device).to(memory_format=torch.channels_last)
+    loader = ListLoader(block_batches())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    results = [train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, device, scaler=scaler,
+                               autocast_ctx=autocast_ctx, channels_last=True, progress=False) for _ in range(25)]
+    valid = evaluate(model, nn.CrossEntropyLoss(), loader, device, autocast_ctx=autocast_ctx, progress=False)
+    return model, results, valid
+
+
 def test_training_with_bf16_autocast_on_cpu() -> None:
     """The CPU twin of the CUDA mixed-precision test: the same loop learns under bfloat16 autocast, no scaler."""
     autocast_ctx, scaler, name = amp_setup(torch.device("cpu"), cpu_bf16=True)
     assert name == "bf16" and not scaler.is_enabled()
     with autocast_ctx():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    torch.manual_seed(0)
-    model = tiny_unet().to(memory_format=torch.channels_last)
-    loader = ListLoader(block_batches())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    results = [train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, torch.device("cpu"), scaler=scaler,
-                               autocast_ctx=autocast_ctx, channels_last=True, progress=False) for _ in range(25)]
+    model, results, valid = train_with_mixed_precision(torch.device("cpu"), autocast_ctx, scaler)
     assert results[-1]["loss"] < 0.6 * results[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights
-    valid = evaluate(model, nn.CrossEntropyLoss(), loader, torch.device("cpu"), autocast_ctx=autocast_ctx,
-                     progress=False)
     assert math.isfinite(valid["loss"]) and valid["accuracy"] > 0.8
 
 
@@ -194,11 +199,6 @@ def test_training_with_mixed_precision_on_cuda() -> None:
     device = torch.device("cuda")
     autocast_ctx, scaler, name = amp_setup(device)
     assert name in ("bf16", "fp16") and scaler.is_enabled() == (name == "fp16")
-    model = tiny_unet().to(device).to(memory_format=torch.channels_last)
-    loader = ListLoader(block_batches())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    results = [train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, loader, device, scaler=scaler,
-                               autocast_ctx=autocast_ctx, channels_last=True, progress=False) for _ in range(25)]
+    _, results, valid = train_with_mixed_precision(device, autocast_ctx, scaler)
     assert results[-1]["loss"] < 0.6 * results[0]["loss"]
-    valid = evaluate(model, nn.CrossEntropyLoss(), loader, device, autocast_ctx=autocast_ctx, progress=False)
     assert valid["accuracy"] > 0.8
