@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export ORT_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup lab test test-fast release book figures bench clean
+.PHONY: setup lab test test-fast release book figures bench bench-grading grade grading-env clean
 
 setup:
 	bash scripts/setup.sh
@@ -15,9 +15,9 @@ setup:
 lab: setup
 	$(VENV)/python -m labcode pipeline
 
-## The test suite (sets up the stack and Chromium for the browser tests first).
+## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first).
 test:
-	bash scripts/setup.sh --browser
+	bash scripts/setup.sh --grading --system
 	$(VENV)/python -m pytest -q
 
 test-fast: setup
@@ -37,5 +37,17 @@ book: figures
 bench: setup
 	$(VENV)/python -m benchmarks.run_all
 
+## Grading throughput: plain sequential nbgrader autograde against the parallel grader (about 10 minutes).
+bench-grading: grading-env
+	$(VENV)/python -m benchmarks.bench_grading
+
+## The grading environment: the notebooks' stack without labcode (submissions run their own copy).
+grading-env:
+	bash scripts/setup.sh --grading
+
+## The whole grading loop: collect, autograde (sandboxed, parallel), feedback, export grades.csv.
+grade: grading-env
+	$(VENV)/python -m tools.grading run
+
 clean:
-	rm -rf book/_build runs .pytest_cache
+	rm -rf book/_build runs .pytest_cache grading

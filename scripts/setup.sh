@@ -1,27 +1,69 @@
 #!/usr/bin/env bash
-# Create .venv and install the pinned stack and labcode (editable). Idempotent: a second run only checks.
-# With --browser, also install Debian's chromium + chromium-driver (for the browser tests) when apt is usable.
+# Set up the instructor repository. Idempotent: a second run only checks (a stamp per requirements hash).
+#
+#   bash scripts/setup.sh              # .venv: the pinned stack and labcode (editable)
+#   bash scripts/setup.sh --grading    # also .venv-grading: the notebooks' stack WITHOUT labcode, where submissions
+#                                      # are graded (their own labcode/ copy is the only one they can import)
+#   bash scripts/setup.sh --system     # also Debian's tools of the tests, when root with apt-get: chromium and
+#                                      # chromium-driver (browser tests), bubblewrap (the grading sandbox), slurm-wlm
+#                                      # and munge (a one-node cluster for the slurm tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-stamp=.venv/.installed-$(sha1sum requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+GRADING=0
+SYSTEM=0
+for arg in "$@"; do
+    case "$arg" in
+        --grading) GRADING=1 ;;
+        --system|--browser) SYSTEM=1 ;;
+        *) echo "setup: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+quiet_pip() { "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true; }
+
+stamp=.venv/.installed-$(cat requirements.txt requirements-student.txt pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     echo "installing the Python stack into .venv (about 75 s on a fresh machine)..."
-    .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install --quiet -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install --quiet --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+    quiet_pip .venv/bin/python -m pip install --quiet --upgrade pip
+    quiet_pip .venv/bin/python -m pip install --quiet -r requirements.txt
+    quiet_pip .venv/bin/python -m pip install --quiet --no-deps -e .
     .venv/bin/python -c "import labcode, torch, albumentations, onnxruntime, nbgrader" \
         || { echo "setup: the Python stack did not install" >&2; exit 1; }
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
-if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing chromium and chromium-driver (browser tests)..."
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-            || echo "setup: chromium could not be installed; browser tests will be skipped" >&2
-    else
-        echo "setup: not root or no apt-get; browser tests will be skipped" >&2
+
+if [ "$GRADING" = 1 ]; then
+    stamp=.venv-grading/.installed-$(sha1sum requirements-student.txt | cut -c1-12)
+    if [ ! -f "$stamp" ]; then
+        [ -x .venv-grading/bin/python ] || "$PYTHON" -m venv .venv-grading
+        echo "installing the grading environment into .venv-grading (the notebooks' stack, no labcode)..."
+        quiet_pip .venv-grading/bin/python -m pip install --quiet --upgrade pip
+        quiet_pip .venv-grading/bin/python -m pip install --quiet -r requirements-student.txt
+        (cd / && "$OLDPWD/.venv-grading/bin/python" -c "
+import importlib.util, sys
+import torch, albumentations, onnxruntime, ipykernel
+sys.exit('setup: labcode must not be importable in .venv-grading' if importlib.util.find_spec('labcode') else 0)") \
+            || { echo "setup: the grading environment is not right" >&2; exit 1; }
+        rm -f .venv-grading/.installed-*
+        touch "$stamp"
+    fi
+fi
+
+if [ "$SYSTEM" = 1 ]; then
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+    command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+    command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm munge)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing ${missing[*]} (tests: browser, grading sandbox, slurm)..."
+            (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+                || echo "setup: could not install ${missing[*]}; the tests needing them will be skipped" >&2
+        else
+            echo "setup: not root or no apt-get; tests needing ${missing[*]} will be skipped" >&2
+        fi
     fi
 fi
