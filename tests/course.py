@@ -1,0 +1,225 @@
+"""Scratch nbgrader courses and the submissions students would make, for the grading tests.
+
+A course is built from the repository's sources exactly as instructors release it (``tools/release.py``); its
+``nbgrader_config.py`` loads the repository's and only moves the folders. Submissions are made from the release, as
+students fill it in: with the instructor's answers, with answers of their own, or with something worse.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tools import release
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "solutions" / "segmentation"
+ASSIGNMENT = "segmentation"
+COURSE_ID = "segmentation-lab"
+STEMS = sorted(p.stem for p in SOURCE.glob("*.ipynb"))
+GRADING_PYTHON = REPO / ".venv-grading" / "bin" / "python"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` fails, except in CI (``CI`` set), where the missing tool is a broken setup."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide this: {reason}")
+        pytest.skip(reason)
+
+
+def require_sandbox() -> None:
+    from tools.grading import sandbox
+
+    require(GRADING_PYTHON.is_file(), "no grading environment (bash scripts/setup.sh --grading)")
+    problem = sandbox.probe(GRADING_PYTHON)
+    require(problem is None, f"the sandbox cannot start: {problem}")
+
+
+def make_course(root: Path) -> Path:
+    """A course folder with the sources, the generated release, its gradebook and an exchange folder."""
+    shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
+    release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
+    (root / "exchange").mkdir()
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"load_subconfig({str(REPO / 'nbgrader_config.py')!r})\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        f"c.Exchange.root = {str(root / 'exchange')!r}\n"
+        f"c.Exchange.cache = {str(root / 'cache')!r}\n"
+    )
+    return root
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What students write
+# --------------------------------------------------------------------------------------------------------------------
+
+def instructor_answers(stem: str) -> dict[str, str]:
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nbformat.read(SOURCE / f"{stem}.ipynb", 4).cells
+            if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def answer(folder: Path, stem: str, answers: dict[str, str] | None = None) -> None:
+    """Fill the answer cells of a notebook: the instructor's answers, with ``answers`` (grade id -> source) instead."""
+    chosen = {**instructor_answers(stem), **(answers or {})}
+    path = folder / f"{stem}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in chosen:
+            cell.source = chosen[grade_id]
+    nbformat.write(nb, path)
+
+
+def write_library(library: Path, own: dict[str, str] | None = None) -> None:
+    """Write the exercises of a student copy of the library: the instructor's code, or ``own`` (title -> code)."""
+    for source in sorted((REPO / "labcode").rglob("*.py")):
+        regions = release.find_regions(source.read_text(), str(source))
+        if not regions:
+            continue
+        target = library / source.relative_to(REPO / "labcode")
+        text = target.read_text()
+        for region in regions:
+            stub = "\n".join(release.stub_lines(region))
+            assert stub in text, f"{target}: no stub for {region.title}"
+            code = textwrap.indent(textwrap.dedent(own[region.title]).strip("\n"), region.indent) \
+                if own and region.title in own else "\n".join(region.body)
+            text = text.replace(stub, code, 1)
+        target.write_text(text)
+
+
+#: Correct exercises written differently from the instructor's: no biases, other layer constructions, another
+#: augmentation, another formula. Every question leaves these choices open.
+OWN_LIBRARY = {
+    "Augmentation pipeline": """
+        augment = [
+            A.SmallestMaxSize(max_size=img_size, mask_interpolation=0),
+            A.RandomCrop(height=img_size, width=img_size),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, p=0.5),
+        ]""",
+    "UNetConvBlock layers": """
+        for name, channels in (("block1", cin), ("block2", cout)):
+            setattr(self, name, nn.Sequential(nn.Conv2d(channels, cout, kernel_size=3, padding=1, bias=False),
+                                              nn.ReLU(), nn.BatchNorm2d(cout)))
+        self.block3 = nn.MaxPool2d(2)""",
+    "UNetConvBlock forward": """
+        features = self.block1(x)
+        features = self.block2(features)
+        outputs = self.block3(features)""",
+    "Encoder bottleneck": """
+        self.bottleneck = nn.Sequential()
+        self.bottleneck.append(nn.Conv2d(c, c * 2, kernel_size=(3, 3), padding=(1, 1), bias=False))
+        self.bottleneck.append(nn.ReLU())
+        self.bottleneck.append(nn.BatchNorm2d(c * 2))""",
+    "UNetUpConvBlock layers": """
+        def conv_relu_norm(a, b):
+            return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.ReLU(), nn.BatchNorm2d(b)]
+
+        self.upconv = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *conv_relu_norm(cin, cout))
+        self.convblock = nn.Sequential(*conv_relu_norm(cin, cout), *conv_relu_norm(cout, cout))""",
+    "UNetUpConvBlock forward": """
+        upsampled = self.upconv(inputs)
+        return self.convblock(torch.cat((upsampled, encoder_features), 1))""",
+    "Decoder first and last layers": """
+        self.first_block = nn.Sequential(nn.Conv2d(cin, cin, kernel_size=3, padding=1, bias=False), nn.ReLU(),
+                                         nn.BatchNorm2d(cin))
+        self.classifier = nn.Conv2d(in_channels=cin // (2**num_blocks), out_channels=num_classes,
+                                    kernel_size=(1, 1))""",
+    "Class weights": """
+        shares = np.asarray(counts, dtype=np.float64)
+        shares = shares / shares.sum()
+        weights = np.zeros_like(shares)
+        weights[shares > 0] = 1.0 / shares[shares > 0]
+        weights *= (shares > 0).sum() / weights.sum()
+        return weights.astype(np.float32)""",
+}
+
+#: Notebook answers in other words than the instructor's.
+OWN_ANSWERS = {
+    "01_data_exploration": {"answer_describe_sample": '''def describe_sample(image, mask) -> dict:
+    image_array, mask_array = np.array(image), np.array(mask)
+    present = sorted(set(mask_array.reshape(-1).tolist()))
+    return dict(image_shape=image_array.shape, mask_shape=mask_array.shape, image_dtype=image_array.dtype.name,
+                mask_dtype=mask_array.dtype.name, classes=[CLASSES[int(k)] for k in present])'''},
+    "04_metrics_losses": {
+        "answer_wall_accuracy": "wall_accuracy = REAL_CLASS_FREQUENCIES[WALL] / np.sum(REAL_CLASS_FREQUENCIES)",
+        "answer_wall_macro_f1": '''f = REAL_CLASS_FREQUENCIES[WALL] / REAL_CLASS_FREQUENCIES.sum()
+f1 = np.zeros(NUM_CLASSES)
+f1[WALL] = f / (f + 0.5 * (1 - f))
+wall_macro_f1 = f1.mean()''',
+    },
+}
+
+
+def new_submission(course: Path, student: str, *, notebooks: str = "solved", library: str = "solved",
+                   own: bool = False) -> Path:
+    """A collected submission ``submitted/<student>/segmentation`` made from the release.
+
+    Args:
+        notebooks: ``"solved"`` (answer cells filled) or ``"blank"``.
+        library: ``"solved"`` (exercises written), ``"blank"`` (stubs) or ``"deleted"`` (no ``labcode/``).
+        own: write the student's own forms (:data:`OWN_LIBRARY`, :data:`OWN_ANSWERS`) instead of the instructor's.
+    """
+    folder = course / "submitted" / student / ASSIGNMENT
+    shutil.copytree(course / "notebooks" / ASSIGNMENT, folder)
+    if notebooks == "solved":
+        for stem in STEMS:
+            answer(folder, stem, OWN_ANSWERS.get(stem) if own else None)
+    if library == "solved":
+        write_library(folder / "labcode", OWN_LIBRARY if own else None)
+    elif library == "deleted":
+        shutil.rmtree(folder / "labcode")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading the results
+# --------------------------------------------------------------------------------------------------------------------
+
+def grades(course: Path, student: str) -> dict[str, dict]:
+    """grade_id -> notebook, kind (``auto`` for test cells, ``manual`` for written answers), score, max score."""
+    from nbgrader.api import Gradebook
+
+    out = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", COURSE_ID) as gradebook:
+        submission = gradebook.find_submission(ASSIGNMENT, student)
+        for notebook in submission.notebooks:
+            for grade in notebook.grades:
+                out[grade.name] = {"notebook": notebook.name, "kind": "auto" if grade.cell.cell_type == "code"
+                                   else "manual", "score": grade.auto_score, "max": grade.max_score}
+    return out
+
+
+def auto_grades(course: Path, student: str, notebooks: set[str] | None = None) -> dict[str, dict]:
+    return {k: g for k, g in grades(course, student).items()
+            if g["kind"] == "auto" and (notebooks is None or g["notebook"] in notebooks)}
+
+
+def cell_outputs(course: Path, student: str, stem: str, grade_id: str) -> list[dict]:
+    nb = nbformat.read(course / "autograded" / student / ASSIGNMENT / f"{stem}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    return cell.outputs
+
+
+def output_text(outputs: list[dict]) -> str:
+    parts = []
+    for out in outputs:
+        parts += [out.get("text", ""), out.get("ename", ""), out.get("evalue", "")]
+        parts += [str(v) for v in out.get("data", {}).values()]
+    return "\n".join(parts)
+
+
+def grader(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """``python -m tools.grading ...`` from the repository root, as instructors run it."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "tools.grading", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
