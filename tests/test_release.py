@@ -245,28 +245,62 @@ def _self_check(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def solve_student_copy(library: Path) -> None:
+    """Write every exercise of a student copy of the library with the instructor's code, keeping the copy's headers."""
+    for source in sorted((REPO / "labcode").rglob("*.py")):
+        regions = release.find_regions(source.read_text(), str(source))
+        if not regions:
+            continue
+        target = library / source.relative_to(REPO / "labcode")
+        text = target.read_text()
+        for region in regions:
+            stub = "\n".join(release.stub_lines(region))
+            assert stub in text, f"{target}: no stub for {region.title}"
+            text = text.replace(stub, "\n".join(region.body), 1)
+        target.write_text(text)
+
+
 def test_self_check_fails_on_the_stubs_and_passes_with_the_solutions(tmp_path):
     work = tmp_path / "segmentation"
     shutil.copytree(RELEASE, work)
     stubs = _self_check(work, "labcode.check")
     assert stubs.returncode == 1, stubs.stdout + stubs.stderr
     assert f"Checking the exercises of {work / 'labcode'}" in stubs.stdout
+    assert "WARNING" not in stubs.stdout
     for check in CHECKS:
         assert f"[TODO]   {check.notebook}: {check.title}" in stubs.stdout
     assert "Augmentation pipeline: write it (see notebook 02_data_pipeline.ipynb)" in stubs.stdout
     assert f"0/{len(CHECKS)} checks pass." in stubs.stdout
 
-    shutil.rmtree(work / "labcode")
-    shutil.copytree(REPO / "labcode", work / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    solve_student_copy(work / "labcode")
     solved = _self_check(work, "labcode", "check")  # the CLI spelling
     assert solved.returncode == 0, solved.stdout + solved.stderr
     assert f"{len(CHECKS)}/{len(CHECKS)} checks pass." in solved.stdout
     assert solved.stdout.count("[PASS]") == len(CHECKS)
 
 
-def test_self_check_explains_wrong_and_crashing_code(tmp_path):
+def test_self_check_says_when_it_does_not_check_a_student_copy(tmp_path):
+    # The instructor library copied in place of the student copy: its checks pass, and say nothing.
     work = tmp_path / "segmentation"
     shutil.copytree(REPO / "labcode", work / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    result = _self_check(work, "labcode.check")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"WARNING: {(work / 'labcode').resolve()} is not a student copy" in result.stdout
+    assert f"{len(CHECKS)}/{len(CHECKS)} checks pass." in result.stdout
+    # A student copy, but run from another folder while the instructor library is installed: the wrong copy.
+    shutil.rmtree(work / "labcode")
+    shutil.copytree(RELEASE / "labcode", work / "labcode")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _self_check(elsewhere, "labcode.check")
+    assert result.returncode == 3
+    assert f"not from {elsewhere / 'labcode'}: run the check from the folder" in result.stdout
+
+
+def test_self_check_explains_wrong_and_crashing_code(tmp_path):
+    work = tmp_path / "segmentation"
+    shutil.copytree(RELEASE, work)
+    solve_student_copy(work / "labcode")
     unet = work / "labcode" / "unet.py"
     text = unet.read_text()
     wrong = text.replace("nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout))",
@@ -290,8 +324,9 @@ def test_self_check_explains_wrong_and_crashing_code(tmp_path):
 def test_self_check_selects_a_notebook(capsys):
     from labcode import check
 
-    assert check.main(["--notebook", "04"]) == 0  # the instructor library passes
+    assert check.main(["--notebook", "04"]) == 3  # the instructor library passes, but is no student copy
     out = capsys.readouterr().out
     assert "[PASS]   04_metrics_losses: Class weights" in out and "1/1 checks pass." in out
+    assert "is not a student copy" in out
     assert check.main(["--notebook", "99"]) == 2
     assert "no exercise for notebook '99'" in capsys.readouterr().err
