@@ -89,6 +89,9 @@ def test_grade_ids_are_unique_and_cells_are_well_formed():
                 assert "BEGIN SOLUTION" not in cell.source and "HIDDEN TESTS" not in cell.source, stem
                 continue
             grade_id = info["grade_id"]
+            if grade_id == "setup":  # the read-only setup cell
+                assert info["locked"] and not info.get("grade") and not info.get("solution")
+                continue
             assert re.fullmatch(r"(answer|test)_[a-z0-9_]+", grade_id), grade_id
             assert grade_id not in seen, f"duplicate grade_id {grade_id}"
             seen.add(grade_id)
@@ -114,8 +117,14 @@ def test_grade_ids_are_unique_and_cells_are_well_formed():
 
 def test_every_notebook_starts_with_the_same_kind_of_setup():
     for stem in STEMS:
-        setup = next(c for c in cells(stem) if c.cell_type == "code").source
+        cell = next(c for c in cells(stem) if c.cell_type == "code")
+        # read-only: nbgrader puts it back as released when grading, so the copy check below always runs
+        assert nbgrader(cell) == {"grade": False, "grade_id": "setup", "locked": True, "schema_version": 3,
+                                  "solution": False, "task": False}, stem
+        setup = cell.source
         assert setup.index("sys.path.insert(0, os.getcwd())") < setup.index("import labcode"), stem
+        assert setup.index("import labcode") < setup.index(
+            'if [os.path.realpath(path) for path in labcode.__path__] != [MY_LABCODE]:\n    raise ImportError('), stem
         assert 'GRADING = bool(os.environ.get("NBGRADER_EXECUTION"))' in setup
         assert 'torch.device("cuda" if torch.cuda.is_available() else "cpu")' in setup
         assert 'QUICK = GRADING or DEVICE.type == "cpu"' in setup
@@ -127,8 +136,13 @@ def test_every_notebook_starts_with_the_same_kind_of_setup():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """One folder for the whole run, so that notebook 6 finds the model notebook 5 trained (as for a student)."""
-    return tmp_path_factory.mktemp("solutions")
+    """One folder for the whole run, so that notebook 6 finds the model notebook 5 trained (as for a student).
+
+    The instructor library sits next to the notebooks, where students have their copy: the setup cells import it.
+    """
+    folder = tmp_path_factory.mktemp("solutions")
+    shutil.copytree(REPO / "labcode", folder / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
 
 
 @pytest.mark.slow
@@ -137,7 +151,6 @@ def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, 
     import nbclient
 
     monkeypatch.setenv("LABCODE_DATADIR", str(synth_root))  # a small generated data set
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the instructor library (no labcode/ next to the sources)
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     path = workdir / f"{stem}.ipynb"
@@ -151,5 +164,5 @@ def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, 
     assert not errors, f"{stem}: cells ending in an error: {errors}"
     first = next(c for c in nb.cells if c.cell_type == "code")
     printed = "".join(out.get("text", "") for out in first.outputs)
-    assert f"labcode from {REPO / 'labcode'}" in printed, printed  # the instructor library, with the solutions
+    assert f"labcode from {workdir / 'labcode'}" in printed, printed  # the instructor library, with the solutions
     print(f"\n{stem}: {elapsed:.1f} s")
