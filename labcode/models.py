@@ -126,14 +126,17 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the summary of a model on a dummy batch (``python -m labcode.models --help``)."""
+    from labcode.commands.options import positive_int
+
     parser = argparse.ArgumentParser(prog="python -m labcode.models", description=main.__doc__)
     parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="number of classes (default: 14)")
-    parser.add_argument("--img-size", type=int, nargs="+", default=[256], metavar="N",
+    parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
+                        help="number of classes (default: 14)")
+    parser.add_argument("--img-size", type=positive_int, nargs="+", default=[256], metavar="N",
                         help="image size: N for N×N or H W (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=1, help="dummy batch size (default: 1)")
-    parser.add_argument("--num-blocks", type=int, help="UNet: number of encoder/decoder blocks")
-    parser.add_argument("--base-chan", type=int, help="channels of the first block/stage")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="dummy batch size (default: 1)")
+    parser.add_argument("--num-blocks", type=positive_int, help="UNet: number of encoder/decoder blocks")
+    parser.add_argument("--base-chan", type=positive_int, help="channels of the first block/stage")
     args = parser.parse_args(argv)
     if len(args.img_size) not in (1, 2):
         parser.error("--img-size takes one (N) or two (H W) integers")
