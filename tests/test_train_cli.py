@@ -210,3 +210,49 @@ def test_slurm_script_pins_the_commit_and_runs_train(tmp_path: Path, capsys, mon
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{git_only}{os.pathsep}/usr/bin{os.pathsep}/bin")
     assert slurm.main(argv) == 0
     assert f"Submitted batch job 42 ({tmp_path / 'runs' / 'big.sbatch'})" in capsys.readouterr().out
+
+
+def _copy_with_truncated_png(synth_root: Path, out: Path, areas: tuple[str, ...]) -> dict[str, Path]:
+    """A copy of the data set in which the first photo of each of ``areas`` is cut after 300 bytes."""
+    shutil.copytree(synth_root, out)
+    cut = {}
+    for area in areas:
+        path = StanfordDataset(out, areas=[area]).files[0].rgb
+        path.write_bytes(path.read_bytes()[:300])
+        cut[area] = path
+    return cut
+
+
+def _only_error_line(stderr: str) -> str:
+    """The last stderr line, which must be the only one mentioning an error (besides progress bars and OpenCV's own
+    warnings), and no traceback."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and "Caught " not in stderr, stderr
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], stderr
+    assert lines[-1].startswith("error: "), stderr
+    return lines[-1]
+
+
+def test_errors_in_loader_workers_reach_the_user_as_their_own_line(synth_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cut = _copy_with_truncated_png(synth_root, data, ("1", "5a"))
+    trained = run_labcode(["train", "--datadir", str(data), "--areas-train", "1", "--areas-valid", "3",
+                           "--img-size", "32", "--base-chan", "4", "--num-blocks", "2", "--epochs", "1",
+                           "--batch-size", "2", "--logdir", str(tmp_path / "runs"), "--run-name", "cut",
+                           "--no-progress"], tmp_path)  # default --num-workers: 2 worker processes
+    assert trained.returncode == 2, trained.stderr
+    assert _only_error_line(trained.stderr) == f"error: cannot decode image file {cut['1']} (not a readable PNG/JPEG)"
+
+    model = tmp_path / "m.onnx"
+    _tiny_onnx(model)
+    tested = run_labcode(["test", "--modelpath", str(model), "--datadir", str(data), "--areas-test", "5a"], tmp_path)
+    assert tested.returncode == 2, tested.stderr
+    assert _only_error_line(tested.stderr) == f"error: cannot decode image file {cut['5a']} (not a readable PNG/JPEG)"
+
+
+def _tiny_onnx(path: Path) -> Path:
+    from labcode.export import export_onnx
+    from labcode.models import build_model
+
+    torch.manual_seed(0)
+    return export_onnx(build_model("unet", len(CLASSES), num_blocks=1, base_chan=2).eval(), path)
