@@ -81,3 +81,19 @@ def test_loaders_read_the_cache(synth_root, tmp_path):
     images, masks = next(iter(train))
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
     assert isinstance(valid.dataset, CachedDataset) and valid.dataset.areas == ["5a"]
+
+
+def test_prepare_refuses_an_empty_area_asked_for_beside_another(synth_root, tmp_path, capsys):
+    import shutil
+
+    from labcode.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    for photo in (data / "area_1" / "data" / "rgb").iterdir():
+        photo.unlink()
+    status = main(["prepare", "--datadir", str(data), "--out", str(tmp_path / "c"), "--areas", "1", "5a"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == f"error: no image found in area '1': no *_domain_rgb.png file in {data / 'area_1' / 'data' / 'rgb'}\n"
+    assert not (tmp_path / "c").exists()
