@@ -207,10 +207,21 @@ class SegmentationDataset(Dataset):
     def load_mask(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
-    def __getitem__(self, index: int):
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed image and mask of item ``index``, checked to have the same size.
+
+        Raises:
+            DatasetError: they differ in size (the message names both files).
+        """
         image, mask = self.load_image(index), self.load_mask(index)
         if image.shape[:2] != mask.shape:
-            raise DatasetError(f"{self.files[index].rgb} is {image.shape[:2]} but its semantic twin is {mask.shape}")
+            files = self.files[index]
+            raise DatasetError(f"{files.rgb} is {image.shape[1]}x{image.shape[0]} pixels but its semantic twin "
+                               f"{files.semantic} is {mask.shape[1]}x{mask.shape[0]}")
+        return image, mask
+
+    def __getitem__(self, index: int):
+        image, mask = self.load_pair(index)
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         else:
