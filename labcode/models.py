@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +50,22 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         if option not in valid:
             raise UnknownNameError(f"model {name!r} has no option {option!r}; valid options: {', '.join(valid)}")
     return cls(num_classes, **options)
+
+
+def model_options_with_defaults(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword option of a registered model, the class's defaults filled in: what the network is built with.
+
+    Values are returned as JSON would give them back (tuples as lists, classes by their qualified name), so that
+    options read from a checkpoint compare equal to the same options given in Python.
+
+    Raises:
+        UnknownNameError: unknown model name.
+    """
+    if name not in MODELS:
+        raise unknown_name("model", name, list(MODELS))
+    parameters = inspect.signature(MODELS[name]).parameters
+    full = {key: options.get(key, p.default) for key, p in parameters.items() if key != "num_classes"}
+    return json.loads(json.dumps(full, default=lambda value: f"{value.__module__}.{value.__qualname__}"))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -72,7 +72,8 @@ class TrainConfig:
         small, small_batches: quick check, only ``small_batches`` batches per epoch (training and validation).
         seed: seed of the generators, the validation split and the shuffling.
         logdir, run_name: the run directory is ``logdir/run_name`` (``run_name`` defaults to model and time).
-        resume: checkpoint (or run directory holding ``last.pt``) to continue; the architecture is taken from it.
+        resume: checkpoint (or run directory holding ``last.pt``) to continue; ``model`` and ``model_options`` must
+            describe the checkpoint's architecture (see :func:`check_same_architecture`).
         channels_last, amp, device: performance; ``device=None`` picks CUDA when present; ``amp`` uses mixed precision
             on CUDA and on CPUs with bfloat16 matrix units (see :func:`labcode.engine.amp_setup`).
         export_onnx: export the best model to ONNX at the end of the run (with a parity check).
@@ -277,6 +278,32 @@ def _run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+def check_same_architecture(config: TrainConfig, resumed: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume a checkpoint with another model or other model options than ``config`` asks for.
+
+    The network is rebuilt from the checkpoint, so an architecture given now would be silently ignored while the
+    run's summary and saved configuration recorded it. Options that do not change the network (epochs, learning
+    rate, ...) may change.
+
+    Raises:
+        LabError: the model name or model options differ; the message lists every difference.
+    """
+    from labcode.models import model_options_with_defaults
+
+    saved_name = resumed.get("model_name")
+    if config.model != saved_name:
+        raise LabError(f"--resume {path}: the checkpoint holds a {saved_name} model but this run asks for "
+                       f"{config.model}; the architecture cannot change on resume (leave --model out to continue "
+                       "the checkpoint's, or start a new run)")
+    saved = model_options_with_defaults(saved_name, resumed.get("model_options", {}))
+    wanted = model_options_with_defaults(config.model, config.model_options)
+    differences = [f"{key} {wanted[key]} (checkpoint: {saved[key]})" for key in wanted if wanted[key] != saved[key]]
+    if differences:
+        raise LabError(f"--resume {path}: the architecture cannot change on resume, but this run asks for "
+                       f"{'; '.join(differences)}; leave these options out to continue the checkpoint's, or start "
+                       "a new run")
+
+
 def _write_summary(path: Path, config: TrainConfig, *, commit: str, device: str, precision: str, model_text: str,
                    sizes: dict[str, int], world_size: int) -> str:
     lines = [
@@ -469,6 +496,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     _check_names(config)
     seed_everything(config.seed + rank)
     resumed = load_checkpoint(resume_path, map_location="cpu") if resume_path else None
+    if resumed:
+        check_same_architecture(config, resumed, resume_path)
     parts = _build(config, device, distributed, resumed)
     progress = _Progress()
     if resumed:

@@ -256,3 +256,42 @@ def _tiny_onnx(path: Path) -> Path:
 
     torch.manual_seed(0)
     return export_onnx(build_model("unet", len(CLASSES), num_blocks=1, base_chan=2).eval(), path)
+
+
+def test_resume_refuses_another_architecture_and_lists_the_differences(synth_root: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    from labcode.checkpoint import load_checkpoint
+    from labcode.cli import main
+    from labcode.train import TrainConfig, fit
+
+    logdir = tmp_path / "runs"
+    first = ["train", "--datadir", str(synth_root), "--areas-train", "1", "--areas-valid", "3", "--img-size", "32",
+             "--base-chan", "4", "--num-blocks", "2", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+             "--small", "--logdir", str(logdir), "--run-name", "r", "--no-progress", "--no-export"]
+    assert main(first) == 0
+    last = logdir / "r" / "last.pt"
+    capsys.readouterr()
+    refused = {
+        ("--base-chan", "8"): "asks for base_chan 8 (checkpoint: 4); leave these options out",
+        ("--num-blocks", "3", "--base-chan", "16"): "asks for num_blocks 3 (checkpoint: 2); base_chan 16 (checkpoint: 4)",
+        ("--model", "deeplabv3plus"): "the checkpoint holds a unet model but this run asks for deeplabv3plus",
+    }
+    for options, words in refused.items():
+        status = main(["train", "--resume", str(last), "--epochs", "2", "--no-progress", *options])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert err.startswith(f"error: --resume {last}: ") and err.count("\n") == 1 and words in err, err
+        assert load_checkpoint(last)["epoch"] == 1  # nothing was trained
+
+    # what may change on resume (the epoch count) still does; repeating the same architecture is fine
+    assert main(["train", "--resume", str(last), "--epochs", "2", "--base-chan", "4", "--no-progress"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == 2 and resumed["config"]["epochs"] == 2
+    assert resumed["config"]["model_options"] == resumed["model_options"] == {"num_blocks": 2, "base_chan": 4}
+    assert '"base_chan": 4' in (logdir / "r" / "summary.md").read_text()
+
+    config = TrainConfig(**{**resumed["config"], "resume": str(last), "epochs": 3,
+                            "model_options": {"num_blocks": 2, "base_chan": 4, "cin": 1}})
+    with pytest.raises(LabError, match=r"asks for cin 1 \(checkpoint: 3\)"):
+        fit(config)
+

@@ -134,7 +134,11 @@ def given_options(argv: list[str]) -> set[str]:
 
 
 def merge_resumed(config, argv: list[str]):
-    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now."""
+    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now.
+
+    Model options given now are applied over the checkpoint's, so that :func:`labcode.train.fit` compares the
+    architecture asked for with the checkpoint's and refuses a change.
+    """
     from labcode.checkpoint import load_checkpoint
     from labcode.train import TrainConfig, find_resume_checkpoint
 
@@ -144,6 +148,8 @@ def merge_resumed(config, argv: list[str]):
     for key, value in saved.items():
         if key in merged and key not in ("resume", "command") and not given & set(_SOURCES.get(key, (key,))):
             merged[key] = value
+    if given & set(_SOURCES["model_options"]) and isinstance(saved.get("model_options"), dict):
+        merged["model_options"] = {**saved["model_options"], **config.model_options}
     return TrainConfig(**merged)
 
 
