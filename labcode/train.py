@@ -11,6 +11,9 @@ into ``<logdir>/<run_name>/``:
 - ``last.pt``: the full training state after each epoch (what ``resume`` reads);
 - ``best.pt`` and ``best.onnx``: the weights with the best validation macro F1, and their ONNX export.
 
+A new run that fails (an error, not a preemption) before its first checkpoint removes what it wrote, so that a
+run directory always holds a checkpoint to resume or to use.
+
 Preemption: SIGTERM and SIGINT (a cluster preempting the job, or Ctrl-C) stop the run at the next batch; the current
 weights, optimiser, schedule and generator states are saved to ``last.pt`` and :func:`fit` returns with
 ``interrupted=True``. Resuming restarts the interrupted epoch from its first batch, starting from the weights saved
@@ -505,11 +508,15 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         log("resuming %s at epoch %d (best macro F1 %.4f at epoch %d)", resume_path, progress.epoch + 1,
                     progress.best_score, progress.best_epoch + 1)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    writer = _open_log(config, parts, run_dir, device, dist.get_world_size() if distributed else 1,
-                       progress.epoch) if is_main else None
+    new_dirs = [path for path in (run_dir, *run_dir.parents) if not path.exists()]  # deepest first
+    old_files = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
+    writer = None
     epoch_times: list[float] = []
-    interrupted = False
+    interrupted = finished = False
     try:
+        if is_main:
+            writer = _open_log(config, parts, run_dir, device, dist.get_world_size() if distributed else 1,
+                               progress.epoch)
         with StopSignal() as stop:
             should_stop = _agreed_stop(stop, device) if distributed else stop.requested
             common = dict(autocast_ctx=parts.autocast_ctx, max_batches=parts.max_batches,
@@ -549,9 +556,12 @@ def fit(config: TrainConfig) -> dict[str, Any]:
                 save_checkpoint(_state(parts, progress, config, interrupted=True), last_path)
                 log("%s received during epoch %d: state saved to %s", stop.name, progress.epoch + 1,
                             last_path)
+        finished = True
     finally:
         if writer is not None:
             writer.close()
+        if not finished and is_main and resume_path is None and not (last_path.exists() or best_path.exists()):
+            _discard_run(run_dir, old_files, new_dirs)
 
     onnx_path, parity = None, {}
     if is_main and config.export_onnx and best_path.exists():
@@ -580,6 +590,19 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         "train_size": len(parts.train_loader.dataset),
         "valid_size": len(parts.valid_loader.dataset),
     }
+
+
+def _discard_run(run_dir: Path, old_files: set[str], new_dirs: list[Path]) -> None:
+    """Remove what a new run that failed before its first checkpoint wrote: its summary, its TensorBoard events and
+    the directories it created, so that no run without a checkpoint is left behind."""
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if path.is_file() and (path.name not in old_files or path.name == "summary.md"):
+            path.unlink()
+    for directory in new_dirs:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: something else lives there
+            break
 
 
 def _agreed_stop(stop: StopSignal, device: torch.device):

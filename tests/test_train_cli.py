@@ -242,6 +242,7 @@ def test_errors_in_loader_workers_reach_the_user_as_their_own_line(synth_root: P
                            "--no-progress"], tmp_path)  # default --num-workers: 2 worker processes
     assert trained.returncode == 2, trained.stderr
     assert _only_error_line(trained.stderr) == f"error: cannot decode image file {cut['1']} (not a readable PNG/JPEG)"
+    assert not (tmp_path / "runs").exists()  # a run without a checkpoint is not left behind
 
     model = tmp_path / "m.onnx"
     _tiny_onnx(model)
@@ -295,3 +296,28 @@ def test_resume_refuses_another_architecture_and_lists_the_differences(synth_roo
     with pytest.raises(LabError, match=r"asks for cin 1 \(checkpoint: 3\)"):
         fit(config)
 
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(synth_root: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from labcode import losses
+    from labcode.engine import NonFiniteLossError
+    from labcode.train import TrainConfig, fit
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.mean() * float("nan")
+
+    monkeypatch.setattr(losses, "build_loss", lambda name, **options: NaNLoss())
+    logdir = tmp_path / "runs"
+    config = TrainConfig(datadir=str(synth_root), areas_train=["1"], areas_valid=["3"], img_size=32,
+                         model_options={"num_blocks": 2, "base_chan": 4}, batch_size=4, epochs=1, num_workers=0,
+                         logdir=str(logdir), run_name="nan", progress=False, export_onnx=False)
+    with pytest.raises(NonFiniteLossError):
+        fit(config)
+    assert not logdir.exists()  # no summary, no TensorBoard events, no empty directories
+
+    (logdir / "nan").mkdir(parents=True)
+    (logdir / "nan" / "notes.txt").write_text("mine")
+    with pytest.raises(NonFiniteLossError):
+        fit(config)
+    assert [p.name for p in (logdir / "nan").iterdir()] == ["notes.txt"]  # only what the run wrote is removed
