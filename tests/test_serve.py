@@ -422,3 +422,19 @@ def test_command_reports_bad_arguments_as_one_line(tmp_path, capsys, argv, words
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_command_refuses_a_model_with_another_number_of_classes(tmp_path, capsys):
+    import torch
+
+    from labcode.cli import main
+    from labcode.export import export_onnx
+    from labcode.models import build_model
+
+    torch.manual_seed(0)
+    path = export_onnx(build_model("unet", 5, num_blocks=1, base_chan=2).eval(), tmp_path / "five.onnx",
+                       classes=list("abcde"))
+    assert main(["serve", "--model", str(path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model {path} outputs 5 classes but the course's class list has 14"), err
+    assert err.count("\n") == 1 and "Traceback" not in err
