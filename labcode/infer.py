@@ -73,6 +73,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
 
 
+def nearest_indices(source: int, target: int) -> np.ndarray:
+    """For each of ``target`` pixels along one axis, the index of the ``source`` pixel under its centre."""
+    return np.minimum(((np.arange(target) + 0.5) * source / target).astype(np.int64), source - 1)
+
+
 def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of a class map (pixel centres matched), exact and interpolation-free.
 
@@ -80,9 +85,15 @@ def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.nda
         (h, w) in, (height, width) out, same dtype.
     """
     h, w = labels.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return labels[np.ix_(rows, cols)]
+    return labels[np.ix_(nearest_indices(h, height), nearest_indices(w, width))]
+
+
+def downscaled_size(width: int, height: int, max_size: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` scaled so that the longer side is ``max_size``, or ``None`` when it already fits."""
+    if max_size is None or max(height, width) <= max_size:
+        return None
+    scale = max_size / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -128,11 +139,10 @@ class Segmenter:
         """
         image = as_rgb(image)
         height, width = image.shape[:2]
-        if max_size is not None and max(height, width) > max_size:
+        small_size = downscaled_size(width, height, max_size)
+        if small_size is not None:
             from PIL import Image
 
-            scale = max_size / max(height, width)
-            small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(image).resize(small_size, Image.Resampling.BILINEAR))
             return resize_labels_nearest(self.predict_batch(small[None])[0], height, width)
         return self.predict_batch(image[None])[0]

@@ -13,14 +13,24 @@ The model is loaded once, when the app is built. Each upload is decoded, segment
 at most ``workers`` at a time, so the event loop keeps answering while one ONNX Runtime session (whose ``run`` is
 thread-safe) serves every request. Oversized uploads (bytes or pixels) get 413 and undecodable ones 400, with a
 ``{"detail": message}`` body.
+
+Memory is bounded per upload, and only ``workers`` uploads are read into memory at a time (the others wait in
+Starlette's spooled files): the decoded image (4 bytes per pixel, ``max_pixels`` at most), the network run on a
+copy whose longer side is at most ``max_side``, labels kept ``uint8`` at that resolution, and an answer drawn,
+blended and PNG-compressed strip by strip (:func:`render_png`). Every answer carries ``nosniff``, ``DENY`` framing
+and ``no-referrer`` headers, and the page a Content-Security-Policy allowing only its own inline script and style.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -42,7 +52,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Photos whose longer side exceeds this are segmented on a downscaled copy (labels come back at full size).
-DEFAULT_MAX_SIDE = 1024
+DEFAULT_MAX_SIDE = 512
 #: Room left in a request body for the multipart envelope around the file.
 _MULTIPART_SLACK = 64 * 2**10
 
@@ -59,20 +69,13 @@ class UploadError(LabError, ValueError):
 # Uploads in, images out
 # --------------------------------------------------------------------------------------------------------------------
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload") -> np.ndarray:
-    """Decode an uploaded file into an upright RGB image.
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload") -> Image.Image:
+    """Decode an uploaded file into an upright Pillow image of mode ``RGB`` or ``L`` (8-bit gray).
 
     The pixel count is checked on the header, before the pixels are decoded, so a small file announcing a huge image
-    costs nothing. EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images are converted to 8-bit
-    RGB and an alpha channel is dropped.
-
-    Args:
-        data: the file's bytes.
-        max_pixels: largest accepted width x height.
-        name: the file name, used in error messages.
-
-    Shape:
-        ``uint8`` (H, W, 3) out, H and W after the EXIF rotation.
+    costs nothing. EXIF orientation is applied in place; palette, CMYK and alpha images become RGB (the alpha
+    channel is dropped), 1-bit and gray-with-alpha ones 8-bit gray, 16-bit and float gray ones 8-bit gray.
+    Each conversion holds at most the decoded image and its converted copy; gray stays one byte per pixel.
 
     Raises:
         UploadError: 400 when ``data`` is empty or not a decodable image, 413 when it has too many pixels (Pillow's
@@ -86,32 +89,95 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
         raise UploadError(f"{name}: {exc}", 413) from exc
     except Exception as exc:  # PIL raises many types on foreign or damaged files
         raise UploadError(f"{name} is not an image (PNG, JPEG, WebP, BMP, TIFF, ... are accepted)") from exc
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise UploadError(f"{name} is {width}x{height} = {width * height} pixels, more than the limit of "
-                              f"{max_pixels}", 413)
-        try:
-            return _to_rgb(ImageOps.exif_transpose(img))
-        except Exception as exc:
-            raise UploadError(f"cannot decode {name} ({img.format} {width}x{height}): {exc}") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise UploadError(f"{name} is {width}x{height} = {width * height} pixels, more than the limit of "
+                          f"{max_pixels}", 413)
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb_or_gray(img)
+    except Exception as exc:
+        raise UploadError(f"cannot decode {name} ({img.format} {width}x{height}): {exc}") from exc
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode.startswith(("I", "F")):  # 16/32-bit integer or float grayscale: bring to 0..255
-        gray = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or gray.max(initial=0) > 255:
-            gray = gray / 257.0  # the 16-bit range onto the 8-bit range
-        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+def _to_rgb_or_gray(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if not img.mode.startswith(("I", "F")):
+        return img.convert("RGB")
+    # 16/32-bit integer or float gray: bring to 0..255, strip by strip (a float64 copy of it all would be 8 B/pixel)
+    scale = img.mode.startswith("I;16") or (img.getextrema()[1] or 0) > 255
+    gray = Image.new("L", img.size)
+    for top, bottom in _strips(*img.size):
+        values = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float64)
+        values = values / 257.0 if scale else values  # the 16-bit range onto the 8-bit range
+        gray.paste(Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)), (0, top))
+    return gray
+
+
+def _strips(width: int, height: int, pixels: int = 2**20) -> list[tuple[int, int]]:
+    """Row ranges ``(top, bottom)`` of horizontal strips of about ``pixels`` pixels covering an image."""
+    rows = max(1, pixels // max(width, 1))
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def _rgb_rows(img: Image.Image, top: int, bottom: int) -> np.ndarray:
+    """Rows ``top:bottom`` of an ``RGB`` or ``L`` image as ``uint8`` (rows, W, 3)."""
+    rows = np.asarray(img.crop((0, top, img.width, bottom)))
+    return np.repeat(rows[..., None], 3, axis=2) if rows.ndim == 2 else rows
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload") -> np.ndarray:
+    """Decode an uploaded file into an upright RGB array (see :func:`open_image`).
+
+    Shape:
+        ``uint8`` (H, W, 3) out, H and W after the EXIF rotation.
+
+    Raises:
+        UploadError: as :func:`open_image`.
+    """
+    img = open_image(data, max_pixels=max_pixels, name=name)
+    return _rgb_rows(img, 0, img.height)
 
 
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB ``uint8`` (H, W, 3) image (fast compression: the answer is made once)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    height, width = image.shape[:2]
+    return encode_png_strips((image[top:bottom] for top, bottom in _strips(width, height)), width, height)
+
+
+def encode_png_strips(strips: Iterable[np.ndarray], width: int, height: int) -> bytes:
+    """PNG bytes of an RGB ``uint8`` image given as horizontal strips, top to bottom, each compressed as it comes.
+
+    The whole image is never held: memory is one strip and the compressed answer. Rows use PNG's "Sub" filter
+    (each byte minus the one of the pixel on its left), which compresses photos and flat colours well at zlib
+    level 1.
+
+    Shape:
+        each strip ``uint8`` (rows, width, 3); their rows add up to ``height``.
+    """
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    compressor = zlib.compressobj(level=1)
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    rows = 0
+    for strip in strips:
+        flat = np.ascontiguousarray(strip, dtype=np.uint8).reshape(len(strip), width * 3)
+        filtered = np.empty((len(strip), 1 + width * 3), dtype=np.uint8)
+        filtered[:, 0] = 1  # filter type Sub
+        filtered[:, 1:4] = flat[:, :3]
+        np.subtract(flat[:, 3:], flat[:, :-3], out=filtered[:, 4:])  # uint8 arithmetic wraps modulo 256, as PNG's
+        rows += len(strip)
+        if piece := compressor.compress(filtered):
+            parts.append(chunk(b"IDAT", piece))
+    if rows != height:
+        raise ValueError(f"the strips hold {rows} rows, not {height}")
+    parts += [chunk(b"IDAT", compressor.flush()), chunk(b"IEND", b"")]
+    return b"".join(parts)
 
 
 def legend() -> list[dict[str, Any]]:
@@ -120,10 +186,64 @@ def legend() -> list[dict[str, Any]]:
             for i, name in enumerate(CLASSES)]
 
 
-def class_fractions(labels: np.ndarray) -> list[float]:
-    """Share of the pixels of each class, in the order of ``CLASSES`` (they sum to 1)."""
-    counts = np.bincount(labels.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
-    return (counts / max(labels.size, 1)).tolist()
+def class_fractions(labels: np.ndarray, size: tuple[int, int] | None = None) -> list[float]:
+    """Share of the pixels of each class, in the order of ``CLASSES`` (they sum to 1).
+
+    Args:
+        labels: class indices (h, w).
+        size: ``(width, height)`` of the image the labels stand for, when they were predicted on a downscaled copy:
+            the shares are those of the labels brought to that size by nearest neighbour (computed exactly, without
+            making them).
+    """
+    weights = None
+    if size is not None:
+        from labcode.infer import nearest_indices
+
+        (h, w), (width, height) = labels.shape, size
+        weights = np.outer(np.bincount(nearest_indices(h, height), minlength=h),
+                           np.bincount(nearest_indices(w, width), minlength=w)).ravel()
+    counts = np.bincount(labels.ravel(), weights=weights, minlength=len(CLASSES))[: len(CLASSES)]
+    return (counts / max(counts.sum(), 1)).tolist()
+
+
+def predict_labels(segmenter: Segmenter, img: Image.Image, max_side: int | None) -> np.ndarray:
+    """Class map of a decoded upload at the resolution the network saw: the image itself, or a copy whose longer
+    side is ``max_side`` (bilinear, as :meth:`labcode.infer.Segmenter.predict`).
+
+    Shape:
+        ``uint8`` (h, w) out; (H, W) of the image when it was not downscaled.
+    """
+    from labcode.infer import downscaled_size
+
+    small_size = downscaled_size(img.width, img.height, max_side)
+    small = img if small_size is None else img.resize(small_size, Image.Resampling.BILINEAR)
+    return segmenter.predict_batch(_rgb_rows(small, 0, small.height)[None])[0].astype(np.uint8)
+
+
+def render_png(img: Image.Image, labels: np.ndarray, view: str = "overlay", alpha: float = 0.5) -> bytes:
+    """PNG of the image's size: the colourised labels (``view="mask"``) or blended over the image (``"overlay"``).
+
+    The labels are brought to each strip's rows by nearest neighbour, coloured, blended and compressed strip by
+    strip, so no full-size label map, float copy or answer image is ever made.
+
+    Shape:
+        ``labels`` (h, w) class indices of any resolution; the PNG is (H, W) of ``img``.
+    """
+    from labcode.infer import nearest_indices
+    from labcode.viz import colorize, overlay
+
+    width, height = img.size
+    rows, cols = nearest_indices(labels.shape[0], height), nearest_indices(labels.shape[1], width)
+
+    def strips() -> Iterator[np.ndarray]:
+        for top, bottom in _strips(width, height):
+            strip_labels = labels[rows[top:bottom]][:, cols]  # (rows, W), the dtype of ``labels``
+            if view == "mask":
+                yield colorize(strip_labels)
+            else:
+                yield overlay(_rgb_rows(img, top, bottom), strip_labels, alpha)
+
+    return encode_png_strips(strips(), width, height)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,27 +275,30 @@ def create_app(
     import labcode
     from labcode.infer import OnnxSegmenter
     from labcode.transforms import MEAN, STD
-    from labcode.viz import colorize, overlay
 
     segmenter = OnnxSegmenter(model, providers=providers) if isinstance(model, (str, Path)) else model
+    if getattr(segmenter, "num_classes", None) not in (None, len(CLASSES)):
+        raise LabError(f"model {segmenter.path} outputs {segmenter.num_classes} classes but the course's class list "
+                       f"has {len(CLASSES)}")
     model_name = Path(segmenter.path).name
     health = _health_info(segmenter, model_name, MEAN, STD, max_upload_bytes, max_pixels, max_side)
-    limiter: list[anyio.CapacityLimiter] = []  # made on first use, inside the event loop
+    gate: list[tuple[anyio.Semaphore, anyio.CapacityLimiter]] = []  # made on first use, inside the event loop
 
     def process(data: bytes, name: str, output: str, view: str, alpha: float) -> tuple[bytes, str]:
-        image = decode_image(data, max_pixels=max_pixels, name=name)
-        labels = segmenter.predict(image, max_size=max_side)
+        img = open_image(data, max_pixels=max_pixels, name=name)
+        labels = predict_labels(segmenter, img, max_side)
         if output == "json":
-            classes = [{**entry, "fraction": share} for entry, share in zip(legend(), class_fractions(labels))]
-            body = {"model": model_name, "width": image.shape[1], "height": image.shape[0], "classes": classes}
+            shares = class_fractions(labels, img.size)
+            classes = [{**entry, "fraction": share} for entry, share in zip(legend(), shares)]
+            body = {"model": model_name, "width": img.width, "height": img.height, "classes": classes}
             return json.dumps(body).encode(), "application/json"
-        picture = colorize(labels) if view == "mask" else overlay(image, labels, alpha)
-        return encode_png(picture), "image/png"
+        return render_png(img, labels, view, alpha), "image/png"
 
     app = FastAPI(title="labcode segmentation", version=labcode.__version__,
                   description=f"Semantic segmentation of indoor photos with `{model_name}`.")
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes + _MULTIPART_SLACK,
                        message=f"upload larger than the limit of {max_upload_bytes} bytes")
+    app.add_middleware(_SecurityHeaders)  # added last: outermost, so that every answer has the headers
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -197,16 +320,18 @@ def create_app(
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="opacity of the overlay")] = 0.5,
     ) -> Response:
         name = file.filename or "upload"
-        data = await file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"{name} is larger than the limit of {max_upload_bytes} bytes")
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(workers))
-        try:
-            body, media_type = await anyio.to_thread.run_sync(
-                partial(process, data, name, output, view, alpha), limiter=limiter[0])
-        except UploadError as exc:
-            raise HTTPException(exc.status_code, str(exc)) from exc
+        if not gate:
+            gate.append((anyio.Semaphore(workers), anyio.CapacityLimiter(workers)))
+        in_flight, threads = gate[0]
+        async with in_flight:  # the uploads waiting their turn stay in Starlette's spooled files (on disk past 1 MiB)
+            data = await file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"{name} is larger than the limit of {max_upload_bytes} bytes")
+            try:
+                body, media_type = await anyio.to_thread.run_sync(
+                    partial(process, data, name, output, view, alpha), limiter=threads)
+            except UploadError as exc:
+                raise HTTPException(exc.status_code, str(exc)) from exc
         return Response(body, media_type=media_type)
 
     logger.info("serving %s with %s", model_name, ", ".join(getattr(segmenter, "providers", ["?"])))
@@ -283,6 +408,38 @@ class _BodyLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding the usual protective headers to every answer, and a Content-Security-Policy to the page.
+
+    ``nosniff`` stops browsers from guessing another type than the one declared, ``DENY`` and ``frame-ancestors``
+    from showing the page inside another site's frame, ``no-referrer`` from telling other sites where a link was
+    followed from. The page's policy allows nothing but its own inline style and script (by their hashes), requests
+    to this server and the ``blob:`` images it makes; the API documentation at ``/docs``, which loads its scripts
+    from a CDN, keeps the other headers only.
+    """
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.HEADERS + ([(b"content-security-policy", PAGE_CSP.encode())] if scope["path"] == "/" else [])
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *[(k, v) for k, v in extra if k not in names]]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -383,3 +540,14 @@ byId("form").addEventListener("submit", async (event) => {
 </body>
 </html>
 """
+
+
+def _inline_hash(tag: str) -> str:
+    """CSP source ``'sha256-...'`` of the content of the page's ``<tag>`` element."""
+    content = PAGE.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(content.encode()).digest()).decode() + "'"
+
+
+#: Content-Security-Policy of the page: its own inline style and script only, requests to this server, blob: images.
+PAGE_CSP = (f"default-src 'none'; script-src {_inline_hash('script')}; style-src {_inline_hash('style')}; "
+            "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
