@@ -369,7 +369,7 @@ def test_burst_of_concurrent_requests_all_succeed(server, reference):
 # --------------------------------------------------------------------------------------------------------------------
 
 def test_decode_scales_16_bit_grayscale_to_8_bit():
-    from labcode.serve import decode_image
+    from labcode.uploads import decode_image
 
     values = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
     image = decode_image(encode(Image.fromarray(values), "PNG"))
@@ -379,7 +379,7 @@ def test_decode_scales_16_bit_grayscale_to_8_bit():
 
 
 def test_decode_checks_pixels_before_decoding():
-    from labcode.serve import UploadError, decode_image
+    from labcode.uploads import UploadError, decode_image
 
     data = png_header_only(100, 100)
     with pytest.raises(UploadError) as refused:
@@ -491,7 +491,7 @@ def test_memory_for_the_largest_accepted_image_is_bounded(model_path, tmp_path, 
 
 
 def test_png_strips_encode_exactly_the_image():
-    from labcode.serve import encode_png, encode_png_strips
+    from labcode.uploads import encode_png, encode_png_strips
 
     image = np.asarray(photo(301, 97, seed=4))
     for data in (encode_png(image), encode_png_strips([image[:10], image[10:11], image[11:]], 301, 97)):
@@ -502,7 +502,7 @@ def test_png_strips_encode_exactly_the_image():
 
 def test_json_shares_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
     from labcode.infer import OnnxSegmenter, resize_labels_nearest
-    from labcode.serve import class_fractions, open_image, predict_labels
+    from labcode.uploads import class_fractions, open_image, predict_labels
 
     segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
     img = open_image(encode(photo(700, 433, seed=9), "PNG"))
