@@ -113,8 +113,11 @@ def read_index(root: str | Path) -> dict[str, Any]:
     if not wrong and not all(isinstance(f, list) and len(f) == 3 and all(isinstance(x, str) for x in f)
                              for f in index["files"]):
         wrong = ["files"]
+    checksums = index.get("checksums") if isinstance(index, dict) else None
     if not wrong and index["complete"] and index["version"] == CACHE_VERSION and not (
-            isinstance(index.get("checksums"), dict) and set(index["checksums"]) == {f"{a}.npy" for a in _ARRAYS}):
+            isinstance(checksums, dict) and set(checksums) == {f"{a}.npy" for a in _ARRAYS}
+            and all(isinstance(c, dict) and isinstance(c.get("bytes"), int) and isinstance(c.get("crc32"), str)
+                    for c in checksums.values())):
         wrong = ["checksums"]
     if wrong:
         raise CacheDamagedError(f"cache index {path} is damaged (missing or malformed {', '.join(wrong)})")
@@ -133,10 +136,10 @@ def verify_cache(root: str | Path, index: dict[str, Any]) -> None:
         if not path.is_file():
             raise CacheDamagedError(f"cache file {path} is missing")
         found = file_checksum(path)
-        if found["bytes"] != expected.get("bytes"):
+        if found["bytes"] != expected["bytes"]:
             raise CacheDamagedError(f"cache file {path} is damaged ({found['bytes']} bytes instead of "
-                                    f"{expected.get('bytes')}: truncated or overwritten)")
-        if found["crc32"] != expected.get("crc32"):
+                                    f"{expected['bytes']}: truncated or overwritten)")
+        if found["crc32"] != expected["crc32"]:
             raise CacheDamagedError(f"cache file {path} is damaged (its CRC-32 checksum differs from the one "
                                     "written by prepare)")
 

@@ -144,6 +144,10 @@ DAMAGES = {  # name -> (what to do to the cache folder, file named by the error,
     "index without files": (lambda c: (c / "index.json").write_text(json.dumps(
         {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "files"})), "index.json",
         "missing or malformed files"),
+    "checksum not a record": (lambda c: (c / "index.json").write_text(json.dumps(
+        {**json.loads((c / "index.json").read_text()), "checksums": {"images.npy": "0", "masks.npy": "0",
+                                                                     "done.npy": "0"}})), "index.json",
+        "missing or malformed checksums"),
     "index without checksums": (lambda c: (c / "index.json").write_text(json.dumps(
         {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "checksums"})), "index.json",
         "missing or malformed checksums"),
