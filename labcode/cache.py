@@ -2,21 +2,30 @@
 
 Layout of a cache folder::
 
-    index.json     what was cached (source root, areas, size, files) and whether it is complete
+    index.json     what was cached (source root, areas, size, files), whether it is complete, and the checksums
     images.npy     uint8 (N, S, S, 3), memory-mapped
     masks.npy      uint8 (N, S, S), memory-mapped
     done.npy       bool (N,): which items are written (the resume point after an interruption)
 
 ``index.json`` says ``"complete": true`` only after every item was written and flushed, and it is replaced
 atomically, so an interrupted ``prepare`` never leaves a cache that looks complete; running it again resumes.
+
+A complete index also holds the size and CRC-32 of each ``.npy`` file (header included), and
+:class:`CachedDataset` checks them when it opens the cache: flipped bytes, a truncated file or a damaged header
+are found before anything is trained on them. CRC-32 runs at several GB/s (zlib), so checking costs about one
+read of the arrays (``benchmarks/bench_loader.py`` prints the time). Running ``prepare`` again with the same
+options rebuilds a cache found damaged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,14 +34,38 @@ from tqdm.auto import tqdm
 from labcode.data import Sample, SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
 
-CACHE_VERSION = 1
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
 _FLUSH_EVERY = 16
+_ARRAYS = ("images", "masks", "done")
+_REDO = "run `python -m labcode prepare` again with the same options to rebuild it"
+
+
+class CacheDamagedError(DatasetError):
+    """A cache file cannot be trusted; ``damage`` says which and why, the message adds how to rebuild the cache."""
+
+    def __init__(self, damage: str) -> None:
+        super().__init__(f"{damage}; {_REDO}")
+        self.damage = damage
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
+
+
+def file_checksum(path: str | Path, chunk_bytes: int = 16 * 2**20) -> dict[str, Any]:
+    """Size and CRC-32 of a whole file, read in chunks: ``{"bytes": 1234, "crc32": "89abcdef"}``."""
+    crc, size = 0, 0
+    buffer = bytearray(chunk_bytes)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            crc = zlib.crc32(view[:count], crc)
+            size += count
+    return {"bytes": size, "crc32": f"{crc:08x}"}
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +89,75 @@ def _index_for(dataset: StanfordDataset, size: int) -> dict:
     }
 
 
+def _same_request(existing: dict, wanted: dict) -> bool:
+    return all(existing.get(key) == wanted[key] for key in ("source", "size", "areas", "files"))
+
+
+def read_index(root: str | Path) -> dict[str, Any]:
+    """The parsed ``index.json`` of a cache folder, its structure checked.
+
+    Raises:
+        DatasetError: no index (no cache in ``root``).
+        CacheDamagedError: not JSON, or without the expected entries (the message names the file).
+    """
+    path = Path(root) / "index.json"
+    if not path.is_file():
+        raise DatasetError(f"no prepared cache in {path.parent} (missing index.json); run `python -m labcode prepare`")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheDamagedError(f"cache index {path} is damaged ({type(exc).__name__}: {exc})") from None
+    expected = {"version": int, "source": str, "size": int, "areas": list, "files": list, "complete": bool}
+    wrong = [key for key, kind in expected.items() if not isinstance(index, dict) or not isinstance(index.get(key),
+                                                                                                     kind)]
+    if not wrong and not all(isinstance(f, list) and len(f) == 3 and all(isinstance(x, str) for x in f)
+                             for f in index["files"]):
+        wrong = ["files"]
+    checksums = index.get("checksums") if isinstance(index, dict) else None
+    if not wrong and index["complete"] and index["version"] == CACHE_VERSION and not (
+            isinstance(checksums, dict) and set(checksums) == {f"{a}.npy" for a in _ARRAYS}
+            and all(isinstance(c, dict) and isinstance(c.get("bytes"), int) and isinstance(c.get("crc32"), str)
+                    for c in checksums.values())):
+        wrong = ["checksums"]
+    if wrong:
+        raise CacheDamagedError(f"cache index {path} is damaged (missing or malformed {', '.join(wrong)})")
+    return index
+
+
+def verify_cache(root: str | Path, index: dict[str, Any]) -> None:
+    """Check every array file of a complete cache against the size and CRC-32 recorded in its index.
+
+    Raises:
+        CacheDamagedError: a file is missing, has another size, or other bytes (the message names it).
+    """
+    root = Path(root)
+    for name, expected in index["checksums"].items():
+        path = root / name
+        if not path.is_file():
+            raise CacheDamagedError(f"cache file {path} is missing")
+        found = file_checksum(path)
+        if found["bytes"] != expected["bytes"]:
+            raise CacheDamagedError(f"cache file {path} is damaged ({found['bytes']} bytes instead of "
+                                    f"{expected['bytes']}: truncated or overwritten)")
+        if found["crc32"] != expected["crc32"]:
+            raise CacheDamagedError(f"cache file {path} is damaged (its CRC-32 checksum differs from the one "
+                                    "written by prepare)")
+
+
+def _open_arrays(out: Path, shapes: dict, dtypes: dict, resume: bool) -> dict[str, np.memmap]:
+    """The cache arrays, reopened to resume when ``resume`` and they are intact, else created anew."""
+    if resume:
+        try:
+            arrays = {name: np.load(out / f"{name}.npy", mmap_mode="r+") for name in shapes}
+            if all(arrays[n].shape == shapes[n] and arrays[n].dtype == dtypes[n] for n in shapes):
+                return arrays
+        except (OSError, ValueError, EOFError):  # a damaged header: start again
+            pass
+        logger.warning("the unfinished cache in %s cannot be resumed (damaged arrays); starting it again", out)
+    return {name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=dtypes[name], shape=shapes[name])
+            for name in shapes}
+
+
 def prepare_cache(
     datadir: str | Path,
     out: str | Path,
@@ -65,6 +167,9 @@ def prepare_cache(
     progress: bool = True,
 ) -> Path:
     """Decode, resize and store the chosen areas in ``out``; resume an interrupted run of the same request.
+
+    A complete cache of the same request is checked against its checksums and kept, or rebuilt when it is damaged
+    (as is a cache whose index cannot be read, or one written by an older version).
 
     Args:
         datadir: data set root in the 2D-3D-S format.
@@ -77,7 +182,8 @@ def prepare_cache(
         ``out``, holding a complete cache.
 
     Raises:
-        DatasetError: ``out`` holds a cache of another request (other source, areas or size).
+        DatasetError: ``out`` holds a cache of another request (other source, areas or size), or an rgb image and
+            its semantic twin differ in size (both files are named).
     """
     if size < 8:
         raise ValueError(f"size must be at least 8, got {size}")
@@ -88,28 +194,32 @@ def prepare_cache(
     wanted = _index_for(dataset, size)
     n = len(dataset)
     shapes = {"images": (n, size, size, 3), "masks": (n, size, size), "done": (n,)}
-    dtypes = {"images": np.uint8, "masks": np.uint8, "done": np.bool_}
+    dtypes = {"images": np.dtype(np.uint8), "masks": np.dtype(np.uint8), "done": np.dtype(np.bool_)}
     resume = False
     if index_path.is_file():
-        existing = json.loads(index_path.read_text())
-        if {k: v for k, v in existing.items() if k != "complete"} != {k: v for k, v in wanted.items() if k != "complete"}:
+        try:
+            existing = read_index(out)
+        except CacheDamagedError as exc:
+            logger.warning("%s; rebuilding the cache", exc.damage)
+            existing = None
+        if existing is not None and not _same_request(existing, wanted):
             raise DatasetError(f"{out} already holds a cache of another data set, size or areas; choose another --out")
-        if existing["complete"]:
-            return out
-        resume = all((out / f"{name}.npy").is_file() for name in shapes)
+        if existing is not None and existing["version"] == CACHE_VERSION:
+            if not existing["complete"]:
+                resume = all((out / f"{name}.npy").is_file() for name in shapes)
+            else:
+                try:
+                    verify_cache(out, existing)
+                    return out
+                except CacheDamagedError as exc:
+                    logger.warning("%s; rebuilding the cache", exc.damage)
     if not resume:
         _write_json_atomic(index_path, wanted)
-    arrays = {
-        name: np.lib.format.open_memmap(out / f"{name}.npy", mode="r+" if resume else "w+", dtype=dtypes[name],
-                                        shape=shapes[name])
-        for name in shapes
-    }
-    if any(arrays[name].shape != shapes[name] for name in shapes):
-        raise DatasetError(f"cache arrays in {out} have unexpected shapes; delete the folder and prepare again")
+    arrays = _open_arrays(out, shapes, dtypes, resume)
     todo = np.flatnonzero(~arrays["done"])
     pending = []
     for count, i in enumerate(tqdm(todo, desc=f"caching {size}px", disable=not progress, unit="img"), 1):
-        image, mask = resize_pair(dataset.load_image(int(i)), dataset.load_mask(int(i)), size)
+        image, mask = resize_pair(*dataset.load_pair(int(i)), size)
         arrays["images"][i] = image
         arrays["masks"][i] = mask
         pending.append(i)
@@ -120,7 +230,8 @@ def prepare_cache(
             arrays["done"].flush()
             pending = []
     del arrays
-    _write_json_atomic(index_path, {**wanted, "complete": True})
+    checksums = {f"{name}.npy": file_checksum(out / f"{name}.npy") for name in shapes}
+    _write_json_atomic(index_path, {**wanted, "complete": True, "checksums": checksums})
     return out
 
 
@@ -135,28 +246,28 @@ class CachedDataset(SegmentationDataset):
         areas: keep only these areas (must have been cached).
 
     Raises:
-        DatasetError: the folder holds no cache, or an incomplete one (run ``prepare`` again to resume it).
+        DatasetError: the folder holds no cache, an incomplete one (run ``prepare`` again to resume it), or a damaged
+            one (an index that cannot be read, an array file whose size or checksum differs from the index; run
+            ``prepare`` again to rebuild it); the message names the file.
     """
 
     def __init__(self, cache_dir: str | Path, transforms: Callable | None = None, transform: Callable | None = None,
                  target_transform: Callable | None = None, areas: Sequence[str] | None = None) -> None:
         self._set_transforms(transforms, transform, target_transform)
         self.root = Path(cache_dir)
-        index_path = self.root / "index.json"
-        if not index_path.is_file():
-            raise DatasetError(f"no prepared cache in {self.root} (missing index.json); run `python -m labcode prepare`")
-        index = json.loads(index_path.read_text())
-        if not index.get("complete") or index.get("version") != CACHE_VERSION:
+        index = read_index(self.root)
+        if not index["complete"] or index["version"] != CACHE_VERSION:
             raise DatasetError(f"the cache in {self.root} is incomplete or outdated; run `python -m labcode prepare` "
-                               "again with the same options to resume it")
+                               "again with the same options to finish or rebuild it")
+        verify_cache(self.root, index)
         self.size = index["size"]
-        self.images = np.load(self.root / "images.npy", mmap_mode="r")
-        self.masks = np.load(self.root / "masks.npy", mmap_mode="r")
-        done = np.load(self.root / "done.npy")
+        self.images = self._load(self.root / "images.npy", mmap_mode="r")
+        self.masks = self._load(self.root / "masks.npy", mmap_mode="r")
+        done = self._load(self.root / "done.npy")
         n = len(index["files"])
         if self.images.shape != (n, self.size, self.size, 3) or self.masks.shape != (n, self.size, self.size) \
                 or not done.all():
-            raise DatasetError(f"the cache in {self.root} does not match its index; delete it and prepare again")
+            raise CacheDamagedError(f"the cache in {self.root} does not match its index")
         source = Path(index["source"])
         all_areas = [f[2] for f in index["files"]]
         if areas is not None:
@@ -169,6 +280,13 @@ class CachedDataset(SegmentationDataset):
         self.files = [Sample(source / index["files"][i][0], source / index["files"][i][1], index["files"][i][2])
                       for i in self.indices]
         self.areas = sorted(keep)
+
+    @staticmethod
+    def _load(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CacheDamagedError(f"cache file {path} is damaged ({type(exc).__name__}: {exc})") from None
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +72,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is not a readable checkpoint (message names the file).
+        CheckpointError: the file is not a readable checkpoint, or holds more than weights and plain values
+            (one line naming the file and the reason).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a checkpoint we can use"
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from exc
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a labcode training checkpoint (no 'model' entry)")
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line saying why ``torch.load`` refused a file (its own messages are paragraphs of advice)."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \S+|"
+                          r"Unsupported class \S+)", text)
+        detail = found.group(1) if found else "content it does not support"
+        return (f"not a plain weights file: torch.load(weights_only=True), which never runs code from a file, "
+                f"refused it ({detail})")
+    first = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -144,5 +162,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if missing:
         raise CheckpointError(f"{path} does not say how to rebuild its model (missing {', '.join(missing)})")
     model = build_model(state["model_name"], state["num_classes"], **state.get("model_options", {}))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing, unexpected or mis-shaped tensors
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise CheckpointError(f"the weights in {path} do not fit the {state['model_name']} model it describes "
+                              f"({state['num_classes']} classes, options {state.get('model_options', {})}): "
+                              f"{details[:300] or type(exc).__name__}") from exc
     return model.eval(), state

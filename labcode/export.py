@@ -63,6 +63,7 @@ def export_onnx(
     example_size: tuple[int, int] = (64, 64),
     opset: int | None = None,
     metadata: dict[str, str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Export ``model`` to a single ONNX file whose batch, height and width are dynamic.
 
@@ -73,20 +74,30 @@ def export_onnx(
         opset: ONNX opset version (the exporter's default when ``None``).
         metadata: extra ``key: value`` strings stored in the model's metadata (the class names and the input
             normalisation are always stored).
+        classes: names of the model's output channels (default: :data:`labcode.classes.CLASSES`); the model must
+            output exactly that many.
 
     Returns:
         The path written. The graph's input is named ``image`` and its output ``logits``.
 
     Raises:
-        ExportError: both exporters failed.
+        ExportError: the model outputs another number of classes than ``classes`` names (nothing is written), or
+            both exporters failed.
     """
     from labcode.classes import CLASSES
     from labcode.transforms import MEAN, STD
 
+    classes = list(CLASSES if classes is None else classes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = _cpu_eval_copy(model)
     example = torch.randn(2, 3, *example_size)
+    with torch.no_grad():
+        found = model(example).shape[1]
+    if found != len(classes):
+        raise ExportError(f"the model outputs {found} classes but the class list has {len(classes)} "
+                          f"({', '.join(classes[:3])}, ...): refusing to export it to {path} with the wrong class "
+                          "names")
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _quiet_exporter(), torch.no_grad():
             dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
@@ -104,9 +115,9 @@ def export_onnx(
                                   opset_version=opset or 17, dynamo=False, verbose=False)
         except Exception as exc2:
             raise ExportError(f"cannot export the model to {path}: {type(exc2).__name__}: {exc2}") from exc2
-    _add_metadata(path, {"classes": json.dumps(list(CLASSES)), "mean": json.dumps(list(MEAN)),
-                         "std": json.dumps(list(STD)), "input": "RGB, (x / 255 - mean) / std, NCHW float32",
-                         **(metadata or {})})
+    _add_metadata(path, {"classes": json.dumps(classes), "num_classes": str(len(classes)),
+                         "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
+                         "input": "RGB, (x / 255 - mean) / std, NCHW float32", **(metadata or {})})
     return path
 
 
@@ -145,7 +156,7 @@ def check_onnx_parity(
     from labcode.infer import OnnxSegmenter
 
     model = _cpu_eval_copy(model)
-    segmenter = OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"])
+    segmenter = OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"], num_classes=None)
     generator = torch.Generator().manual_seed(seed)
     diffs: dict[str, float] = {}
     for height, width in sizes:

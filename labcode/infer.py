@@ -73,6 +73,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
 
 
+def nearest_indices(source: int, target: int) -> np.ndarray:
+    """For each of ``target`` pixels along one axis, the index of the ``source`` pixel under its centre."""
+    return np.minimum(((np.arange(target) + 0.5) * source / target).astype(np.int64), source - 1)
+
+
 def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of a class map (pixel centres matched), exact and interpolation-free.
 
@@ -80,9 +85,15 @@ def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.nda
         (h, w) in, (height, width) out, same dtype.
     """
     h, w = labels.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return labels[np.ix_(rows, cols)]
+    return labels[np.ix_(nearest_indices(h, height), nearest_indices(w, width))]
+
+
+def downscaled_size(width: int, height: int, max_size: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` scaled so that the longer side is ``max_size``, or ``None`` when it already fits."""
+    if max_size is None or max(height, width) <= max_size:
+        return None
+    scale = max_size / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -93,6 +104,8 @@ class Segmenter:
     """Shared prediction logic; subclasses implement :meth:`logits` on preprocessed batches."""
 
     path: Path
+    #: Classes the model outputs (K), when known.
+    num_classes: int | None = None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw network output.
@@ -111,7 +124,7 @@ class Segmenter:
         from labcode.transforms import preprocess
 
         batch = np.stack([preprocess(as_rgb(image)) for image in images])
-        return self.logits(batch).argmax(axis=1).astype(np.int64)
+        return check_logits(self.logits(batch), self.path).argmax(axis=1).astype(np.int64)
 
     def predict(self, image: np.ndarray, *, max_size: int | None = None) -> np.ndarray:
         """Class map of one image of any size and mode (grayscale, RGB, RGBA).
@@ -126,14 +139,30 @@ class Segmenter:
         """
         image = as_rgb(image)
         height, width = image.shape[:2]
-        if max_size is not None and max(height, width) > max_size:
+        small_size = downscaled_size(width, height, max_size)
+        if small_size is not None:
             from PIL import Image
 
-            scale = max_size / max(height, width)
-            small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(image).resize(small_size, Image.Resampling.BILINEAR))
             return resize_labels_nearest(self.predict_batch(small[None])[0], height, width)
         return self.predict_batch(image[None])[0]
+
+
+def check_logits(logits: np.ndarray, path: str | Path) -> np.ndarray:
+    """Return ``logits`` after checking that they are (B, K, H, W) with one channel per class of :data:`CLASSES`.
+
+    Raises:
+        ModelFileError: another shape or number of classes (the message names the model file).
+    """
+    if logits.ndim != 4 or logits.shape[1] != NUM_CLASSES:
+        raise ModelFileError(_classes_message(path, logits.shape[1] if logits.ndim == 4 else None))
+    return logits
+
+
+def _classes_message(path: str | Path, found: int | None) -> str:
+    what = f"outputs {found} classes" if found is not None else "does not output (B, K, H, W) logits"
+    return (f"model {path} {what} but the course's class list has {NUM_CLASSES} ({', '.join(CLASSES[:3])}, ..., "
+            f"{CLASSES[-1]}): it was not trained for these classes, its predictions would be named wrongly")
 
 
 def _cuda_usable() -> bool:
@@ -151,13 +180,16 @@ class OnnxSegmenter(Segmenter):
         path: the ``.onnx`` file.
         providers: execution providers; by default CUDA then CPU when a GPU is usable, otherwise CPU only (so that
             machines without CUDA do not print the failed CUDA probe).
+        num_classes: classes the model must output (those of :data:`CLASSES`); ``None`` accepts any.
 
     Raises:
         FileNotFoundError: no such file.
-        ModelFileError: onnxruntime cannot load it (message names the file).
+        ModelFileError: onnxruntime cannot load it, or it outputs another number of classes (message names the
+            file).
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *,
+                 num_classes: int | None = NUM_CLASSES) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -175,6 +207,9 @@ class OnnxSegmenter(Segmenter):
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"cannot load ONNX model {self.path}: {message}") from exc
         self.input_name = self.session.get_inputs()[0].name
+        self.num_classes = self._output_classes()
+        if num_classes is not None and self.num_classes != num_classes:
+            raise ModelFileError(_classes_message(self.path, self.num_classes))
 
     @property
     def providers(self) -> list[str]:
@@ -184,6 +219,17 @@ class OnnxSegmenter(Segmenter):
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
+    def _output_classes(self) -> int | None:
+        """K of the (B, K, H, W) output: from the graph when it is fixed there, else from one small run."""
+        shape = self.session.get_outputs()[0].shape
+        if len(shape) == 4 and isinstance(shape[1], int):
+            return shape[1]
+        try:
+            out = self.logits(np.zeros((1, 3, 64, 64), dtype=np.float32))
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelFileError(f"cannot run ONNX model {self.path} on a 64x64 image: {type(exc).__name__}") from exc
+        return out.shape[1] if out.ndim == 4 else None
+
 
 class TorchSegmenter(Segmenter):
     """A training checkpoint (``best.pt`` / ``last.pt``) run by PyTorch, with the interface of :class:`OnnxSegmenter`.
@@ -191,16 +237,23 @@ class TorchSegmenter(Segmenter):
     Args:
         path: the checkpoint.
         device: where to run it (CUDA when available by default).
+        num_classes: classes the model must output (those of :data:`CLASSES`); ``None`` accepts any.
+
+    Raises:
+        ModelFileError: the checkpoint's model outputs another number of classes.
     """
 
-    def __init__(self, path: str | Path, device: str | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | None = None, *, num_classes: int | None = NUM_CLASSES) -> None:
         import torch
 
         from labcode.checkpoint import load_model
 
         self.path = Path(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, _ = load_model(self.path, map_location="cpu")
+        self.model, state = load_model(self.path, map_location="cpu")
+        self.num_classes = int(state["num_classes"])
+        if num_classes is not None and self.num_classes != num_classes:
+            raise ModelFileError(_classes_message(self.path, self.num_classes))
         self.model.to(self.device)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -212,7 +265,11 @@ class TorchSegmenter(Segmenter):
 
 
 def load_segmenter(path: str | Path) -> Segmenter:
-    """Open a model file: an ONNX graph, or a training checkpoint (recognised as a zip archive or ``.pt``)."""
+    """Open a model file: an ONNX graph, or a training checkpoint (recognised as a zip archive or ``.pt``).
+
+    Raises:
+        ModelFileError: the model does not output one channel per class of :data:`CLASSES`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
@@ -263,7 +320,7 @@ def evaluate_areas(
     confusion = ConfusionMatrix(NUM_CLASSES)
     images = 0
     for batch, targets in tqdm(loader, desc=f"test {' '.join(areas)}", disable=not progress, unit="batch"):
-        preds = segmenter.logits(batch.numpy()).argmax(axis=1)
+        preds = check_logits(segmenter.logits(batch.numpy()), segmenter.path).argmax(axis=1)
         confusion.update(torch.from_numpy(preds.astype(np.int64)), targets)
         images += batch.shape[0]
     scores = metrics_summary(confusion)

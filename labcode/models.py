@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +50,22 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         if option not in valid:
             raise UnknownNameError(f"model {name!r} has no option {option!r}; valid options: {', '.join(valid)}")
     return cls(num_classes, **options)
+
+
+def model_options_with_defaults(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword option of a registered model, the class's defaults filled in: what the network is built with.
+
+    Values are returned as JSON would give them back (tuples as lists, classes by their qualified name), so that
+    options read from a checkpoint compare equal to the same options given in Python.
+
+    Raises:
+        UnknownNameError: unknown model name.
+    """
+    if name not in MODELS:
+        raise unknown_name("model", name, list(MODELS))
+    parameters = inspect.signature(MODELS[name]).parameters
+    full = {key: options.get(key, p.default) for key, p in parameters.items() if key != "num_classes"}
+    return json.loads(json.dumps(full, default=lambda value: f"{value.__module__}.{value.__qualname__}"))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -126,14 +144,17 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the summary of a model on a dummy batch (``python -m labcode.models --help``)."""
+    from labcode.commands.options import positive_int
+
     parser = argparse.ArgumentParser(prog="python -m labcode.models", description=main.__doc__)
     parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="number of classes (default: 14)")
-    parser.add_argument("--img-size", type=int, nargs="+", default=[256], metavar="N",
+    parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
+                        help="number of classes (default: 14)")
+    parser.add_argument("--img-size", type=positive_int, nargs="+", default=[256], metavar="N",
                         help="image size: N for N×N or H W (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=1, help="dummy batch size (default: 1)")
-    parser.add_argument("--num-blocks", type=int, help="UNet: number of encoder/decoder blocks")
-    parser.add_argument("--base-chan", type=int, help="channels of the first block/stage")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="dummy batch size (default: 1)")
+    parser.add_argument("--num-blocks", type=positive_int, help="UNet: number of encoder/decoder blocks")
+    parser.add_argument("--base-chan", type=positive_int, help="channels of the first block/stage")
     args = parser.parse_args(argv)
     if len(args.img_size) not in (1, 2):
         parser.error("--img-size takes one (N) or two (H W) integers")

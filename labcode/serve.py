@@ -13,11 +13,18 @@ The model is loaded once, when the app is built. Each upload is decoded, segment
 at most ``workers`` at a time, so the event loop keeps answering while one ONNX Runtime session (whose ``run`` is
 thread-safe) serves every request. Oversized uploads (bytes or pixels) get 413 and undecodable ones 400, with a
 ``{"detail": message}`` body.
+
+Memory is bounded per upload, and only ``workers`` uploads are read into memory at a time (the others wait in
+Starlette's spooled files): the decoded image (4 bytes per pixel, ``max_pixels`` at most), the network run on a
+copy whose longer side is at most ``max_side``, labels kept ``uint8`` at that resolution, and an answer drawn,
+blended and PNG-compressed strip by strip (see :mod:`labcode.uploads`). Every answer carries ``nosniff``, ``DENY`` framing
+and ``no-referrer`` headers, and the page a Content-Security-Policy allowing only its own inline script and style.
 """
 
 from __future__ import annotations
 
-import io
+import base64
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -26,13 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image, ImageOps
 
-from labcode.classes import CLASS_COLORS, CLASSES
+from labcode.classes import CLASSES
 from labcode.errors import LabError
+from labcode.uploads import (DEFAULT_MAX_PIXELS, UploadError, class_fractions, legend, open_image, predict_labels,
+                             render_png)
 
 if TYPE_CHECKING:
     from labcode.infer import Segmenter
@@ -40,90 +47,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
-DEFAULT_MAX_PIXELS = 40_000_000
 #: Photos whose longer side exceeds this are segmented on a downscaled copy (labels come back at full size).
-DEFAULT_MAX_SIDE = 1024
+DEFAULT_MAX_SIDE = 512
 #: Room left in a request body for the multipart envelope around the file.
 _MULTIPART_SLACK = 64 * 2**10
-
-
-class UploadError(LabError, ValueError):
-    """An upload the server refuses; ``status_code`` is the HTTP status of the answer (400 or 413)."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Uploads in, images out
-# --------------------------------------------------------------------------------------------------------------------
-
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload") -> np.ndarray:
-    """Decode an uploaded file into an upright RGB image.
-
-    The pixel count is checked on the header, before the pixels are decoded, so a small file announcing a huge image
-    costs nothing. EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images are converted to 8-bit
-    RGB and an alpha channel is dropped.
-
-    Args:
-        data: the file's bytes.
-        max_pixels: largest accepted width x height.
-        name: the file name, used in error messages.
-
-    Shape:
-        ``uint8`` (H, W, 3) out, H and W after the EXIF rotation.
-
-    Raises:
-        UploadError: 400 when ``data`` is empty or not a decodable image, 413 when it has too many pixels (Pillow's
-            own decompression-bomb guard also answers 413 past twice ``PIL.Image.MAX_IMAGE_PIXELS``).
-    """
-    if not data:
-        raise UploadError(f"{name} is empty")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"{name}: {exc}", 413) from exc
-    except Exception as exc:  # PIL raises many types on foreign or damaged files
-        raise UploadError(f"{name} is not an image (PNG, JPEG, WebP, BMP, TIFF, ... are accepted)") from exc
-    with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise UploadError(f"{name} is {width}x{height} = {width * height} pixels, more than the limit of "
-                              f"{max_pixels}", 413)
-        try:
-            return _to_rgb(ImageOps.exif_transpose(img))
-        except Exception as exc:
-            raise UploadError(f"cannot decode {name} ({img.format} {width}x{height}): {exc}") from exc
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode.startswith(("I", "F")):  # 16/32-bit integer or float grayscale: bring to 0..255
-        gray = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or gray.max(initial=0) > 255:
-            gray = gray / 257.0  # the 16-bit range onto the 8-bit range
-        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB ``uint8`` (H, W, 3) image (fast compression: the answer is made once)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def legend() -> list[dict[str, Any]]:
-    """The classes in order, each as ``{"index", "name", "color"}`` with a ``#rrggbb`` colour."""
-    return [{"index": i, "name": name, "color": "#{:02x}{:02x}{:02x}".format(*CLASS_COLORS[i])}
-            for i, name in enumerate(CLASSES)]
-
-
-def class_fractions(labels: np.ndarray) -> list[float]:
-    """Share of the pixels of each class, in the order of ``CLASSES`` (they sum to 1)."""
-    counts = np.bincount(labels.ravel(), minlength=len(CLASSES))[: len(CLASSES)]
-    return (counts / max(labels.size, 1)).tolist()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,27 +82,30 @@ def create_app(
     import labcode
     from labcode.infer import OnnxSegmenter
     from labcode.transforms import MEAN, STD
-    from labcode.viz import colorize, overlay
 
     segmenter = OnnxSegmenter(model, providers=providers) if isinstance(model, (str, Path)) else model
+    if getattr(segmenter, "num_classes", None) not in (None, len(CLASSES)):
+        raise LabError(f"model {segmenter.path} outputs {segmenter.num_classes} classes but the course's class list "
+                       f"has {len(CLASSES)}")
     model_name = Path(segmenter.path).name
     health = _health_info(segmenter, model_name, MEAN, STD, max_upload_bytes, max_pixels, max_side)
-    limiter: list[anyio.CapacityLimiter] = []  # made on first use, inside the event loop
+    gate: list[tuple[anyio.Semaphore, anyio.CapacityLimiter]] = []  # made on first use, inside the event loop
 
     def process(data: bytes, name: str, output: str, view: str, alpha: float) -> tuple[bytes, str]:
-        image = decode_image(data, max_pixels=max_pixels, name=name)
-        labels = segmenter.predict(image, max_size=max_side)
+        img = open_image(data, max_pixels=max_pixels, name=name)
+        labels = predict_labels(segmenter, img, max_side)
         if output == "json":
-            classes = [{**entry, "fraction": share} for entry, share in zip(legend(), class_fractions(labels))]
-            body = {"model": model_name, "width": image.shape[1], "height": image.shape[0], "classes": classes}
+            shares = class_fractions(labels, img.size)
+            classes = [{**entry, "fraction": share} for entry, share in zip(legend(), shares)]
+            body = {"model": model_name, "width": img.width, "height": img.height, "classes": classes}
             return json.dumps(body).encode(), "application/json"
-        picture = colorize(labels) if view == "mask" else overlay(image, labels, alpha)
-        return encode_png(picture), "image/png"
+        return render_png(img, labels, view, alpha), "image/png"
 
     app = FastAPI(title="labcode segmentation", version=labcode.__version__,
                   description=f"Semantic segmentation of indoor photos with `{model_name}`.")
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes + _MULTIPART_SLACK,
                        message=f"upload larger than the limit of {max_upload_bytes} bytes")
+    app.add_middleware(_SecurityHeaders)  # added last: outermost, so that every answer has the headers
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -197,16 +127,18 @@ def create_app(
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="opacity of the overlay")] = 0.5,
     ) -> Response:
         name = file.filename or "upload"
-        data = await file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"{name} is larger than the limit of {max_upload_bytes} bytes")
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(workers))
-        try:
-            body, media_type = await anyio.to_thread.run_sync(
-                partial(process, data, name, output, view, alpha), limiter=limiter[0])
-        except UploadError as exc:
-            raise HTTPException(exc.status_code, str(exc)) from exc
+        if not gate:
+            gate.append((anyio.Semaphore(workers), anyio.CapacityLimiter(workers)))
+        in_flight, threads = gate[0]
+        async with in_flight:  # the uploads waiting their turn stay in Starlette's spooled files (on disk past 1 MiB)
+            data = await file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"{name} is larger than the limit of {max_upload_bytes} bytes")
+            try:
+                body, media_type = await anyio.to_thread.run_sync(
+                    partial(process, data, name, output, view, alpha), limiter=threads)
+            except UploadError as exc:
+                raise HTTPException(exc.status_code, str(exc)) from exc
         return Response(body, media_type=media_type)
 
     logger.info("serving %s with %s", model_name, ", ".join(getattr(segmenter, "providers", ["?"])))
@@ -283,6 +215,38 @@ class _BodyLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding the usual protective headers to every answer, and a Content-Security-Policy to the page.
+
+    ``nosniff`` stops browsers from guessing another type than the one declared, ``DENY`` and ``frame-ancestors``
+    from showing the page inside another site's frame, ``no-referrer`` from telling other sites where a link was
+    followed from. The page's policy allows nothing but its own inline style and script (by their hashes), requests
+    to this server and the ``blob:`` images it makes; the API documentation at ``/docs``, which loads its scripts
+    from a CDN, keeps the other headers only.
+    """
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.HEADERS + ([(b"content-security-policy", PAGE_CSP.encode())] if scope["path"] == "/" else [])
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *[(k, v) for k, v in extra if k not in names]]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -383,3 +347,14 @@ byId("form").addEventListener("submit", async (event) => {
 </body>
 </html>
 """
+
+
+def _inline_hash(tag: str) -> str:
+    """CSP source ``'sha256-...'`` of the content of the page's ``<tag>`` element."""
+    content = PAGE.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(content.encode()).digest()).decode() + "'"
+
+
+#: Content-Security-Policy of the page: its own inline style and script only, requests to this server, blob: images.
+PAGE_CSP = (f"default-src 'none'; script-src {_inline_hash('script')}; style-src {_inline_hash('style')}; "
+            "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")

@@ -81,3 +81,127 @@ def test_loaders_read_the_cache(synth_root, tmp_path):
     images, masks = next(iter(train))
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
     assert isinstance(valid.dataset, CachedDataset) and valid.dataset.areas == ["5a"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pairs of different sizes, checksums, damaged caches
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_pair_of_different_sizes_is_refused_naming_both_files(synth_root, tmp_path, capsys):
+    import shutil
+
+    from labcode.cli import main
+    from tests.conftest import write_png_rgb
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    sample = StanfordDataset(data, areas=["2"]).files[1]
+    semantic = cv2.cvtColor(cv2.imread(str(sample.semantic)), cv2.COLOR_BGR2RGB)
+    write_png_rgb(sample.semantic, semantic[:40, :50])  # 50x40 beside a 64x64 photo
+    expected = f"{sample.rgb} is 64x64 pixels but its semantic twin {sample.semantic} is 50x40"
+    with pytest.raises(DatasetError) as info:
+        prepare_cache(data, tmp_path / "lib", size=32, areas=["2"], progress=False)
+    assert str(info.value) == expected
+    assert json.loads((tmp_path / "lib" / "index.json").read_text())["complete"] is False
+
+    status = main(["prepare", "--datadir", str(data), "--out", str(tmp_path / "cli"), "--size", "32", "--areas", "2"])
+    err = capsys.readouterr().err  # a progress bar, then the error
+    assert status == 2 and err.rstrip().splitlines()[-1] == f"error: {expected}" and "Traceback" not in err
+    assert err.count("error") == 1
+    with pytest.raises(DatasetError, match="incomplete"):
+        CachedDataset(tmp_path / "cli")
+
+
+def test_prepare_writes_the_checksum_of_every_array(synth_root, tmp_path):
+    import zlib
+
+    out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["3"], progress=False)
+    index = json.loads((out / "index.json").read_text())
+    assert index["version"] == cache.CACHE_VERSION and index["complete"] is True
+    assert set(index["checksums"]) == {"images.npy", "masks.npy", "done.npy"}
+    for name, recorded in index["checksums"].items():
+        data = (out / name).read_bytes()
+        assert recorded == {"bytes": len(data), "crc32": f"{zlib.crc32(data):08x}"}
+
+
+def _flip(path, offset_from_end: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {  # name -> (what to do to the cache folder, file named by the error, words of the error)
+    "image bytes": (lambda c: _flip(c / "images.npy", 1000), "images.npy", "CRC-32 checksum differs"),
+    "mask label": (lambda c: _flip(c / "masks.npy", 7), "masks.npy", "CRC-32 checksum differs"),
+    "done flag": (lambda c: _flip(c / "done.npy", 1), "done.npy", "CRC-32 checksum differs"),
+    "array header": (lambda c: (c / "masks.npy").write_bytes(
+        (c / "masks.npy").read_bytes().replace(b"'shape': (", b"'shape': [", 1)), "masks.npy", "checksum"),
+    "truncated": (lambda c: (c / "images.npy").write_bytes((c / "images.npy").read_bytes()[:-4096]), "images.npy",
+                  "bytes instead of"),
+    "missing": (lambda c: (c / "masks.npy").unlink(), "masks.npy", "is missing"),
+    "index not JSON": (lambda c: (c / "index.json").write_text('{"version": 2, "size": 3'), "index.json",
+                       "JSONDecodeError"),
+    "index without files": (lambda c: (c / "index.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "files"})), "index.json",
+        "missing or malformed files"),
+    "checksum not a record": (lambda c: (c / "index.json").write_text(json.dumps(
+        {**json.loads((c / "index.json").read_text()), "checksums": {"images.npy": "0", "masks.npy": "0",
+                                                                     "done.npy": "0"}})), "index.json",
+        "missing or malformed checksums"),
+    "index without checksums": (lambda c: (c / "index.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "checksums"})), "index.json",
+        "missing or malformed checksums"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_cache_is_one_clear_error_and_prepare_rebuilds_it(synth_root, tmp_path, capsys, damage):
+    from labcode.cli import main
+
+    out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["1", "3"], progress=False)
+    pristine = {name: (out / name).read_bytes() for name in ("images.npy", "masks.npy")}
+    breaks, named, words = DAMAGES[damage]
+    breaks(out)
+    with pytest.raises(DatasetError) as info:
+        CachedDataset(out)
+    message = str(info.value)
+    assert str(out / named) in message and words in message, message
+    assert message.endswith("run `python -m labcode prepare` again with the same options to rebuild it")
+
+    status = main(["train", "--datadir", str(synth_root), "--cache-dir", str(out), "--areas-train", "1",
+                   "--areas-valid", "3", "--img-size", "32", "--num-workers", "0", "--logdir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"error: {message}\n"
+
+    prepare_cache(synth_root, out, size=32, areas=["1", "3"], progress=False)  # the advice of the message works
+    rebuilt = CachedDataset(out)
+    assert len(rebuilt) == 8
+    for name, data in pristine.items():
+        assert (out / name).read_bytes() == data
+
+
+def test_cache_of_an_older_version_is_rebuilt(synth_root, tmp_path):
+    out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["3"], progress=False)
+    index = json.loads((out / "index.json").read_text())
+    del index["checksums"]
+    (out / "index.json").write_text(json.dumps({**index, "version": 1}))
+    with pytest.raises(DatasetError, match="incomplete or outdated"):
+        CachedDataset(out)
+    prepare_cache(synth_root, out, size=32, areas=["3"], progress=False)
+    assert len(CachedDataset(out)) == 4
+
+
+def test_prepare_refuses_an_empty_area_asked_for_beside_another(synth_root, tmp_path, capsys):
+    import shutil
+
+    from labcode.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    for photo in (data / "area_1" / "data" / "rgb").iterdir():
+        photo.unlink()
+    status = main(["prepare", "--datadir", str(data), "--out", str(tmp_path / "c"), "--areas", "1", "5a"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == f"error: no image found in area '1': no *_domain_rgb.png file in {data / 'area_1' / 'data' / 'rgb'}\n"
+    assert not (tmp_path / "c").exists()

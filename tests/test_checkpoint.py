@@ -150,3 +150,39 @@ def test_load_model_rebuilds_the_same_network(tmp_path: Path) -> None:
     save_checkpoint(state, tmp_path / "anonymous.pt")
     with pytest.raises(CheckpointError, match="model_name"):
         load_model(tmp_path / "anonymous.pt")
+
+
+class _RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_refused_checkpoints_are_one_line_naming_the_file_and_the_reason(tmp_path: Path, capsys) -> None:
+    from labcode.cli import main
+
+    files = {"system.pt": "GLOBAL posix.system", "arbitrary.pt": "GLOBAL pickle.loads", "garbage.pt": "zip archive",
+             "protocol4.pt": "Unsupported operand"}
+    torch.save({"model": {}, "payload": _RunsACommand()}, tmp_path / "system.pt")
+    torch.save({"model": {}, "payload": _Arbitrary()}, tmp_path / "arbitrary.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"PK\x03\x04 and then nothing of a zip archive")
+    (tmp_path / "protocol4.pt").write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    for name, reason in files.items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"cannot read checkpoint {tmp_path / name}: ")
+        assert reason in message and len(message) < 400, message
+        assert main(["export", str(tmp_path / name), "--out", str(tmp_path / "x.onnx")]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: {message}\n" and "must never run" not in captured.out
+
+
+def test_weights_that_do_not_fit_the_model_are_one_clear_error(tmp_path: Path) -> None:
+    state, _, _ = _training_state(steps=1)
+    state["model_options"] = {**state["model_options"], "base_chan": state["model_options"].get("base_chan", 4) * 2}
+    save_checkpoint(state, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "mixed.pt")
+    message = str(info.value)
+    assert message.startswith(f"the weights in {tmp_path / 'mixed.pt'} do not fit the unet model it describes")
+    assert "size mismatch" in message and "\n" not in message

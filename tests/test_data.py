@@ -130,6 +130,16 @@ def test_empty_selection(tiny_root):
         StanfordDataset(tiny_root["root"], areas=["1"])
 
 
+def test_empty_area_requested_beside_another_one_is_an_error(tiny_root):
+    rgb_dir = tiny_root["root"] / "area_1" / "data" / "rgb"
+    shutil.rmtree(rgb_dir)
+    rgb_dir.mkdir()
+    with pytest.raises(DatasetError) as info:
+        StanfordDataset(tiny_root["root"], areas=["1", "5a"])
+    assert str(info.value) == f"no image found in area '1': no *_domain_rgb.png file in {rgb_dir}"
+    assert StanfordDataset(tiny_root["root"]).areas == ["5a", "5b"]  # all areas: the empty one has nothing to give
+
+
 def test_grayscale_rgb_is_converted(tiny_root):
     from tests.conftest import write_png_rgb
 

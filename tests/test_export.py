@@ -109,3 +109,24 @@ def test_view_serves_the_graph_on_localhost(exported, capsys) -> None:
     assert "http://127.0.0.1:" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         view.main([str(path.parent / "missing.onnx"), "--no-wait"])
+
+
+def test_export_refuses_class_names_that_do_not_match_the_outputs(tmp_path: Path, capsys) -> None:
+    from labcode.cli import main
+
+    torch.manual_seed(0)
+    five = build_model("unet", 5, num_blocks=1, base_chan=2).eval()
+    with pytest.raises(ExportError, match=r"the model outputs 5 classes but the class list has 14 \(<UNK>, beam"):
+        export_onnx(five, tmp_path / "default.onnx")
+    assert not (tmp_path / "default.onnx").exists()
+    names = ["a", "b", "c", "d", "e"]
+    metadata = {p.key: p.value for p in onnx.load(str(export_onnx(five, tmp_path / "named.onnx",
+                                                                  classes=names))).metadata_props}
+    assert json.loads(metadata["classes"]) == names and metadata["num_classes"] == "5"
+
+    ckpt = save_checkpoint({"model": five.state_dict(), "model_name": "unet", "num_classes": 5,
+                            "model_options": {"num_blocks": 1, "base_chan": 2}}, tmp_path / "five.pt")
+    assert main(["export", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the model outputs 5 classes but the class list has 14") and err.count("\n") == 1
+    assert not (tmp_path / "five.onnx").exists()

@@ -15,8 +15,8 @@ from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.data import StanfordDataset
 from labcode.errors import LabError
 from labcode.export import export_onnx
-from labcode.infer import (ImageFileError, ModelFileError, OnnxSegmenter, TorchSegmenter, as_rgb, evaluate_areas,
-                           format_metrics_table, load_segmenter, read_image, resize_labels_nearest,
+from labcode.infer import (ImageFileError, ModelFileError, OnnxSegmenter, Segmenter, TorchSegmenter, as_rgb,
+                           evaluate_areas, format_metrics_table, load_segmenter, read_image, resize_labels_nearest,
                            segment_image_file)
 from labcode.models import build_model
 from labcode.transforms import preprocess
@@ -165,3 +165,52 @@ def test_segment_image_file_writes_a_figure_and_a_full_resolution_mask(model_fil
     with Image.open(result["mask"]) as mask:
         assert mask.size == (50, 70)
     assert sum(result["fractions"].values()) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def five_class_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A UNet with 5 output channels, as ONNX (exported with 5 class names) and as a checkpoint."""
+    torch.manual_seed(1)
+    model = build_model("unet", 5, num_blocks=1, base_chan=2).eval()
+    folder = tmp_path_factory.mktemp("five")
+    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "unet", "num_classes": 5,
+                            "model_options": {"num_blocks": 1, "base_chan": 2}}, folder / "five.pt")
+    onnx_path = export_onnx(model, folder / "five.onnx", classes=["a", "b", "c", "d", "e"])
+    return onnx_path, ckpt
+
+
+def test_a_model_with_another_number_of_classes_is_refused(five_class_files) -> None:
+    for path in five_class_files:
+        with pytest.raises(ModelFileError) as info:
+            load_segmenter(path)
+        assert str(info.value).startswith(f"model {path} outputs 5 classes but the course's class list has 14")
+    assert OnnxSegmenter(five_class_files[0], num_classes=None).num_classes == 5  # when asked to accept any
+    assert TorchSegmenter(five_class_files[1], device="cpu", num_classes=5).num_classes == 5
+
+
+def test_evaluation_checks_the_classes_of_any_segmenter(synth_root: Path) -> None:
+    class FiveClasses(Segmenter):
+        path = Path("five-classes")
+
+        def logits(self, batch: np.ndarray) -> np.ndarray:
+            return np.zeros((batch.shape[0], 5, *batch.shape[2:]), dtype=np.float32)
+
+    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
+        evaluate_areas(FiveClasses(), synth_root, ["5a"], num_workers=0, progress=False)
+    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
+        FiveClasses().predict(np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+def test_test_command_refuses_a_model_with_another_number_of_classes(five_class_files, synth_root: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    from labcode.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((20, 30, 3), 99, dtype=np.uint8)).save(photo)
+    for path in five_class_files:
+        for where in (["--image", str(photo)], ["--areas-test", "5a", "--datadir", str(synth_root)]):
+            status = main(["test", "--modelpath", str(path), *where, "--out", str(tmp_path / "out.json")])
+            err = capsys.readouterr().err
+            assert status == 2 and err.count("\n") == 1, err
+            assert err.startswith(f"error: model {path} outputs 5 classes but the course's class list has 14"), err
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("photo_*"))

@@ -6,6 +6,8 @@ answer is checked pixel by pixel, not only for its size.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import socket
@@ -67,6 +69,13 @@ def _free_port() -> int:
 @contextmanager
 def running_server(model: Path, log_path: Path, *options: str) -> Iterator[str]:
     """``python -m labcode serve`` on a free loopback port; yields its URL once /health answers, always stops it."""
+    with server_process(model, log_path, *options) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(model: Path, log_path: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`running_server`, yielding the URL and the server's process."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "labcode", "serve", "--model", str(model), "--host", "127.0.0.1",
@@ -87,7 +96,7 @@ def running_server(model: Path, log_path: Path, *options: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"server did not answer /health within 90 s:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -360,7 +369,7 @@ def test_burst_of_concurrent_requests_all_succeed(server, reference):
 # --------------------------------------------------------------------------------------------------------------------
 
 def test_decode_scales_16_bit_grayscale_to_8_bit():
-    from labcode.serve import decode_image
+    from labcode.uploads import decode_image
 
     values = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
     image = decode_image(encode(Image.fromarray(values), "PNG"))
@@ -370,7 +379,7 @@ def test_decode_scales_16_bit_grayscale_to_8_bit():
 
 
 def test_decode_checks_pixels_before_decoding():
-    from labcode.serve import UploadError, decode_image
+    from labcode.uploads import UploadError, decode_image
 
     data = png_header_only(100, 100)
     with pytest.raises(UploadError) as refused:
@@ -422,3 +431,103 @@ def test_command_reports_bad_arguments_as_one_line(tmp_path, capsys, argv, words
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_command_refuses_a_model_with_another_number_of_classes(tmp_path, capsys):
+    import torch
+
+    from labcode.cli import main
+    from labcode.export import export_onnx
+    from labcode.models import build_model
+
+    torch.manual_seed(0)
+    path = export_onnx(build_model("unet", 5, num_blocks=1, base_chan=2).eval(), tmp_path / "five.onnx",
+                       classes=list("abcde"))
+    assert main(["serve", "--model", str(path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model {path} outputs 5 classes but the course's class list has 14"), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory per request, security headers
+# --------------------------------------------------------------------------------------------------------------------
+
+def _memory_mb(pid: int, field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (resident high-water mark) of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+#: Bounds of the server's peak memory above its idle memory, with the default limits (40 Mpx, --max-side 512,
+#: --workers 2); book/serving.md documents them.
+ONE_UPLOAD_MB, FOUR_UPLOADS_MB = 500, 900
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the memory of the server from /proc")
+@pytest.mark.parametrize("concurrent, bound", [(1, ONE_UPLOAD_MB), (4, FOUR_UPLOADS_MB)])
+def test_memory_for_the_largest_accepted_image_is_bounded(model_path, tmp_path, concurrent, bound):
+    big = encode(Image.new("RGB", (6300, 6300), (120, 90, 60)), "PNG")  # 39.7 Mpx, under the default 40 Mpx limit
+    assert len(big) < 2**20
+    with server_process(model_path, tmp_path / "server.log") as (url, process):  # the default limits
+        assert post(url, encode(photo(64, 48), "PNG")).status_code == 200  # warm up: lazy imports, first run
+        idle = _memory_mb(process.pid, "VmRSS")
+
+        def one(view: str) -> httpx.Response:
+            return httpx.post(f"{url}/segment", files={"file": ("big.png", big)}, params={"view": view}, timeout=600)
+
+        with ThreadPoolExecutor(max_workers=concurrent) as pool:
+            answers = list(pool.map(one, ["overlay", "mask", "overlay", "mask"][:concurrent]))
+        peak = _memory_mb(process.pid, "VmHWM")
+    print(f"{concurrent} upload(s) of 6300x6300: peak {peak:.0f} MB, idle {idle:.0f} MB, "
+          f"{peak - idle:.0f} MB above idle (bound {bound} MB)")
+    assert [a.status_code for a in answers] == [200] * concurrent, answers[0].text
+    with Image.open(io.BytesIO(answers[-1].content)) as answer:
+        assert answer.size == (6300, 6300)
+        answer.load()  # a complete, valid PNG
+    assert peak - idle < bound
+
+
+def test_png_strips_encode_exactly_the_image():
+    from labcode.uploads import encode_png, encode_png_strips
+
+    image = np.asarray(photo(301, 97, seed=4))
+    for data in (encode_png(image), encode_png_strips([image[:10], image[10:11], image[11:]], 301, 97)):
+        np.testing.assert_array_equal(decode_png(data), image)
+    with pytest.raises(ValueError, match="96 rows, not 97"):
+        encode_png_strips([image[:96]], 301, 97)
+
+
+def test_json_shares_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
+    from labcode.infer import OnnxSegmenter, resize_labels_nearest
+    from labcode.uploads import class_fractions, open_image, predict_labels
+
+    segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
+    img = open_image(encode(photo(700, 433, seed=9), "PNG"))
+    small = predict_labels(segmenter, img, 256)
+    assert small.dtype == np.uint8 and small.shape == (158, 256) and len(np.unique(small)) > 1
+    full = resize_labels_nearest(small, 433, 700)
+    counts = np.bincount(full.ravel(), minlength=len(CLASSES))
+    np.testing.assert_allclose(class_fractions(small, (700, 433)), counts / full.size, atol=1e-12)
+    np.testing.assert_array_equal(full, segmenter.predict(np.asarray(img), max_size=256))  # as the library does
+
+
+def test_security_headers_on_every_answer_and_a_policy_for_the_page(server):
+    from labcode.serve import PAGE, PAGE_CSP
+
+    answers = {"page": httpx.get(f"{server}/"), "health": httpx.get(f"{server}/health"),
+               "segment": post(server, encode(photo(20, 20), "PNG")), "refused": post(server, b"", "empty.png"),
+               "docs": httpx.get(f"{server}/docs")}
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["x-frame-options"] == "DENY", name
+        assert answer.headers["referrer-policy"] == "no-referrer", name
+    policy = answers["page"].headers["content-security-policy"]
+    assert policy == PAGE_CSP and "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "connect-src 'self'" in policy and "img-src blob:" in policy
+    script = PAGE.split("<script>")[1].split("</script>")[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy  # the page's own script, and only it, may run
+    assert "content-security-policy" not in answers["docs"].headers  # Swagger UI loads its scripts from a CDN

@@ -210,3 +210,114 @@ def test_slurm_script_pins_the_commit_and_runs_train(tmp_path: Path, capsys, mon
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{git_only}{os.pathsep}/usr/bin{os.pathsep}/bin")
     assert slurm.main(argv) == 0
     assert f"Submitted batch job 42 ({tmp_path / 'runs' / 'big.sbatch'})" in capsys.readouterr().out
+
+
+def _copy_with_truncated_png(synth_root: Path, out: Path, areas: tuple[str, ...]) -> dict[str, Path]:
+    """A copy of the data set in which the first photo of each of ``areas`` is cut after 300 bytes."""
+    shutil.copytree(synth_root, out)
+    cut = {}
+    for area in areas:
+        path = StanfordDataset(out, areas=[area]).files[0].rgb
+        path.write_bytes(path.read_bytes()[:300])
+        cut[area] = path
+    return cut
+
+
+def _only_error_line(stderr: str) -> str:
+    """The last stderr line, which must be the only one mentioning an error (besides progress bars and OpenCV's own
+    warnings), and no traceback."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and "Caught " not in stderr, stderr
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], stderr
+    assert lines[-1].startswith("error: "), stderr
+    return lines[-1]
+
+
+def test_errors_in_loader_workers_reach_the_user_as_their_own_line(synth_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cut = _copy_with_truncated_png(synth_root, data, ("1", "5a"))
+    trained = run_labcode(["train", "--datadir", str(data), "--areas-train", "1", "--areas-valid", "3",
+                           "--img-size", "32", "--base-chan", "4", "--num-blocks", "2", "--epochs", "1",
+                           "--batch-size", "2", "--logdir", str(tmp_path / "runs"), "--run-name", "cut",
+                           "--no-progress"], tmp_path)  # default --num-workers: 2 worker processes
+    assert trained.returncode == 2, trained.stderr
+    assert _only_error_line(trained.stderr) == f"error: cannot decode image file {cut['1']} (not a readable PNG/JPEG)"
+    assert not (tmp_path / "runs").exists()  # a run without a checkpoint is not left behind
+
+    model = tmp_path / "m.onnx"
+    _tiny_onnx(model)
+    tested = run_labcode(["test", "--modelpath", str(model), "--datadir", str(data), "--areas-test", "5a"], tmp_path)
+    assert tested.returncode == 2, tested.stderr
+    assert _only_error_line(tested.stderr) == f"error: cannot decode image file {cut['5a']} (not a readable PNG/JPEG)"
+
+
+def _tiny_onnx(path: Path) -> Path:
+    from labcode.export import export_onnx
+    from labcode.models import build_model
+
+    torch.manual_seed(0)
+    return export_onnx(build_model("unet", len(CLASSES), num_blocks=1, base_chan=2).eval(), path)
+
+
+def test_resume_refuses_another_architecture_and_lists_the_differences(synth_root: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    from labcode.checkpoint import load_checkpoint
+    from labcode.cli import main
+    from labcode.train import TrainConfig, fit
+
+    logdir = tmp_path / "runs"
+    first = ["train", "--datadir", str(synth_root), "--areas-train", "1", "--areas-valid", "3", "--img-size", "32",
+             "--base-chan", "4", "--num-blocks", "2", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+             "--small", "--logdir", str(logdir), "--run-name", "r", "--no-progress", "--no-export"]
+    assert main(first) == 0
+    last = logdir / "r" / "last.pt"
+    capsys.readouterr()
+    refused = {
+        ("--base-chan", "8"): "asks for base_chan 8 (checkpoint: 4); leave these options out",
+        ("--num-blocks", "3", "--base-chan", "16"): "asks for num_blocks 3 (checkpoint: 2); base_chan 16 (checkpoint: 4)",
+        ("--model", "deeplabv3plus"): "the checkpoint holds a unet model but this run asks for deeplabv3plus",
+    }
+    for options, words in refused.items():
+        status = main(["train", "--resume", str(last), "--epochs", "2", "--no-progress", *options])
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert err.startswith(f"error: --resume {last}: ") and err.count("\n") == 1 and words in err, err
+        assert load_checkpoint(last)["epoch"] == 1  # nothing was trained
+
+    # what may change on resume (the epoch count) still does; repeating the same architecture is fine
+    assert main(["train", "--resume", str(last), "--epochs", "2", "--base-chan", "4", "--no-progress"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == 2 and resumed["config"]["epochs"] == 2
+    assert resumed["config"]["model_options"] == resumed["model_options"] == {"num_blocks": 2, "base_chan": 4}
+    assert '"base_chan": 4' in (logdir / "r" / "summary.md").read_text()
+
+    config = TrainConfig(**{**resumed["config"], "resume": str(last), "epochs": 3,
+                            "model_options": {"num_blocks": 2, "base_chan": 4, "cin": 1}})
+    with pytest.raises(LabError, match=r"asks for cin 1 \(checkpoint: 3\)"):
+        fit(config)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(synth_root: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from labcode import losses
+    from labcode.engine import NonFiniteLossError
+    from labcode.train import TrainConfig, fit
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.mean() * float("nan")
+
+    monkeypatch.setattr(losses, "build_loss", lambda name, **options: NaNLoss())
+    logdir = tmp_path / "runs"
+    config = TrainConfig(datadir=str(synth_root), areas_train=["1"], areas_valid=["3"], img_size=32,
+                         model_options={"num_blocks": 2, "base_chan": 4}, batch_size=4, epochs=1, num_workers=0,
+                         logdir=str(logdir), run_name="nan", progress=False, export_onnx=False)
+    with pytest.raises(NonFiniteLossError):
+        fit(config)
+    assert not logdir.exists()  # no summary, no TensorBoard events, no empty directories
+
+    (logdir / "nan").mkdir(parents=True)
+    (logdir / "nan" / "notes.txt").write_text("mine")
+    with pytest.raises(NonFiniteLossError):
+        fit(config)
+    assert [p.name for p in (logdir / "nan").iterdir()] == ["notes.txt"]  # only what the run wrote is removed

@@ -6,13 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, image_side
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode prepare", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode prepare", description=__doc__)
     parser.add_argument("--datadir", type=Path, default=None,
                         help="data set root (default: $LABCODE_DATADIR or the generated data set)")
     parser.add_argument("--out", type=Path, required=True, help="cache folder (an interrupted run resumes there)")
-    parser.add_argument("--size", type=int, default=256, help="side of the cached square images (default 256)")
+    parser.add_argument("--size", type=image_side, default=256, help="side of the cached square images (default 256)")
     parser.add_argument("--areas", nargs="+", default=None, help="areas to cache (default: all)")
     return parser
 

@@ -2,8 +2,9 @@
 # Do not edit by hand: this file has no exercise.
 """``python -m labcode <command> ...``: one thin command per module of ``labcode.commands``.
 
-Each command module has ``main(argv) -> int``. Errors meant for the user (``LabError``, missing files) are printed
-as one ``error: ...`` line with exit status 2; anything else is a bug and keeps its traceback.
+Each command module has ``main(argv) -> int``. Errors meant for the user (``LabError``, missing files, bad options)
+are printed as one ``error: ...`` line with exit status 2, also when they were raised in a data loader's worker
+process; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from labcode.errors import LabError
+from labcode.errors import LabError, user_message
 
 #: command name -> (module holding ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(rest) or 0)
     except (LabError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

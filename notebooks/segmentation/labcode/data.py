@@ -161,8 +161,8 @@ def list_samples(root: str | Path, areas: Sequence[str | int] | None = None) -> 
     """List the (rgb, semantic) file pairs of the chosen areas, in a stable order.
 
     Raises:
-        DatasetError: unknown area (the message lists the existing ones), an rgb image without its semantic twin,
-            or nothing selected.
+        DatasetError: unknown area (the message lists the existing ones), a requested area without images, an rgb
+            image without its semantic twin, or nothing selected.
     """
     root = Path(root)
     present = available_areas(root)
@@ -173,7 +173,10 @@ def list_samples(root: str | Path, areas: Sequence[str | int] | None = None) -> 
     samples = []
     for area in chosen:
         data_dir = root / f"area_{area}" / "data"
-        for rgb in sorted((data_dir / "rgb").glob(f"*{RGB_SUFFIX}")):
+        photos = sorted((data_dir / "rgb").glob(f"*{RGB_SUFFIX}"))
+        if not photos and areas is not None:  # asked for by name: an empty area is not silently dropped
+            raise DatasetError(f"no image found in area {area!r}: no *{RGB_SUFFIX} file in {data_dir / 'rgb'}")
+        for rgb in photos:
             semantic = data_dir / "semantic" / (rgb.name[: -len(RGB_SUFFIX)] + SEMANTIC_SUFFIX)
             if not semantic.is_file():
                 raise DatasetError(f"{rgb} has no semantic twin (expected {semantic})")
@@ -206,10 +209,21 @@ class SegmentationDataset(Dataset):
     def load_mask(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
-    def __getitem__(self, index: int):
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed image and mask of item ``index``, checked to have the same size.
+
+        Raises:
+            DatasetError: they differ in size (the message names both files).
+        """
         image, mask = self.load_image(index), self.load_mask(index)
         if image.shape[:2] != mask.shape:
-            raise DatasetError(f"{self.files[index].rgb} is {image.shape[:2]} but its semantic twin is {mask.shape}")
+            files = self.files[index]
+            raise DatasetError(f"{files.rgb} is {image.shape[1]}x{image.shape[0]} pixels but its semantic twin "
+                               f"{files.semantic} is {mask.shape[1]}x{mask.shape[0]}")
+        return image, mask
+
+    def __getitem__(self, index: int):
+        image, mask = self.load_pair(index)
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         else:

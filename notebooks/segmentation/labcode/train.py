@@ -13,6 +13,9 @@ into ``<logdir>/<run_name>/``:
 - ``last.pt``: the full training state after each epoch (what ``resume`` reads);
 - ``best.pt`` and ``best.onnx``: the weights with the best validation macro F1, and their ONNX export.
 
+A new run that fails (an error, not a preemption) before its first checkpoint removes what it wrote, so that a
+run directory always holds a checkpoint to resume or to use.
+
 Preemption: SIGTERM and SIGINT (a cluster preempting the job, or Ctrl-C) stop the run at the next batch; the current
 weights, optimiser, schedule and generator states are saved to ``last.pt`` and :func:`fit` returns with
 ``interrupted=True``. Resuming restarts the interrupted epoch from its first batch, starting from the weights saved
@@ -74,7 +77,8 @@ class TrainConfig:
         small, small_batches: quick check, only ``small_batches`` batches per epoch (training and validation).
         seed: seed of the generators, the validation split and the shuffling.
         logdir, run_name: the run directory is ``logdir/run_name`` (``run_name`` defaults to model and time).
-        resume: checkpoint (or run directory holding ``last.pt``) to continue; the architecture is taken from it.
+        resume: checkpoint (or run directory holding ``last.pt``) to continue; ``model`` and ``model_options`` must
+            describe the checkpoint's architecture (see :func:`check_same_architecture`).
         channels_last, amp, device: performance; ``device=None`` picks CUDA when present; ``amp`` uses mixed precision
             on CUDA and on CPUs with bfloat16 matrix units (see :func:`labcode.engine.amp_setup`).
         export_onnx: export the best model to ONNX at the end of the run (with a parity check).
@@ -279,6 +283,32 @@ def _run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+def check_same_architecture(config: TrainConfig, resumed: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume a checkpoint with another model or other model options than ``config`` asks for.
+
+    The network is rebuilt from the checkpoint, so an architecture given now would be silently ignored while the
+    run's summary and saved configuration recorded it. Options that do not change the network (epochs, learning
+    rate, ...) may change.
+
+    Raises:
+        LabError: the model name or model options differ; the message lists every difference.
+    """
+    from labcode.models import model_options_with_defaults
+
+    saved_name = resumed.get("model_name")
+    if config.model != saved_name:
+        raise LabError(f"--resume {path}: the checkpoint holds a {saved_name} model but this run asks for "
+                       f"{config.model}; the architecture cannot change on resume (leave --model out to continue "
+                       "the checkpoint's, or start a new run)")
+    saved = model_options_with_defaults(saved_name, resumed.get("model_options", {}))
+    wanted = model_options_with_defaults(config.model, config.model_options)
+    differences = [f"{key} {wanted[key]} (checkpoint: {saved[key]})" for key in wanted if wanted[key] != saved[key]]
+    if differences:
+        raise LabError(f"--resume {path}: the architecture cannot change on resume, but this run asks for "
+                       f"{'; '.join(differences)}; leave these options out to continue the checkpoint's, or start "
+                       "a new run")
+
+
 def _write_summary(path: Path, config: TrainConfig, *, commit: str, device: str, precision: str, model_text: str,
                    sizes: dict[str, int], world_size: int) -> str:
     lines = [
@@ -471,6 +501,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     _check_names(config)
     seed_everything(config.seed + rank)
     resumed = load_checkpoint(resume_path, map_location="cpu") if resume_path else None
+    if resumed:
+        check_same_architecture(config, resumed, resume_path)
     parts = _build(config, device, distributed, resumed)
     progress = _Progress()
     if resumed:
@@ -478,11 +510,15 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         log("resuming %s at epoch %d (best macro F1 %.4f at epoch %d)", resume_path, progress.epoch + 1,
                     progress.best_score, progress.best_epoch + 1)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    writer = _open_log(config, parts, run_dir, device, dist.get_world_size() if distributed else 1,
-                       progress.epoch) if is_main else None
+    new_dirs = [path for path in (run_dir, *run_dir.parents) if not path.exists()]  # deepest first
+    old_files = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
+    writer = None
     epoch_times: list[float] = []
-    interrupted = False
+    interrupted = finished = False
     try:
+        if is_main:
+            writer = _open_log(config, parts, run_dir, device, dist.get_world_size() if distributed else 1,
+                               progress.epoch)
         with StopSignal() as stop:
             should_stop = _agreed_stop(stop, device) if distributed else stop.requested
             common = dict(autocast_ctx=parts.autocast_ctx, max_batches=parts.max_batches,
@@ -522,9 +558,12 @@ def fit(config: TrainConfig) -> dict[str, Any]:
                 save_checkpoint(_state(parts, progress, config, interrupted=True), last_path)
                 log("%s received during epoch %d: state saved to %s", stop.name, progress.epoch + 1,
                             last_path)
+        finished = True
     finally:
         if writer is not None:
             writer.close()
+        if not finished and is_main and resume_path is None and not (last_path.exists() or best_path.exists()):
+            _discard_run(run_dir, old_files, new_dirs)
 
     onnx_path, parity = None, {}
     if is_main and config.export_onnx and best_path.exists():
@@ -553,6 +592,19 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         "train_size": len(parts.train_loader.dataset),
         "valid_size": len(parts.valid_loader.dataset),
     }
+
+
+def _discard_run(run_dir: Path, old_files: set[str], new_dirs: list[Path]) -> None:
+    """Remove what a new run that failed before its first checkpoint wrote: its summary, its TensorBoard events and
+    the directories it created, so that no run without a checkpoint is left behind."""
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if path.is_file() and (path.name not in old_files or path.name == "summary.md"):
+            path.unlink()
+    for directory in new_dirs:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: something else lives there
+            break
 
 
 def _agreed_stop(stop: StopSignal, device: torch.device):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, positive_float, positive_int
 from labcode.errors import LabError
 
 
@@ -28,15 +29,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode export", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode export", description=__doc__)
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (best.pt or last.pt)")
     parser.add_argument("-o", "--out", type=Path, default=None, help="ONNX file (default: checkpoint with .onnx)")
     parser.add_argument("--example-size", type=parse_size, default=(64, 64),
                         help="HEIGHTxWIDTH of the traced example input (default: 64x64)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="+", default=[(64, 64), (45, 77)],
                         help="HEIGHTxWIDTH sizes of the parity check (default: 64x64 45x77)")
-    parser.add_argument("--atol", type=float, default=1e-3, help="largest accepted |ONNX - PyTorch| (default: 1e-3)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--atol", type=positive_float, default=1e-3, help="largest accepted |ONNX - PyTorch| (default: 1e-3)")
+    parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     return parser
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from labcode.commands.options import (ArgumentParser, image_side, non_negative_int, open_ratio, positive_float,
+                                      positive_int, seed)
 from labcode.errors import LabError
 
 #: Defaults tuned for two CPU cores (see the module docstring).
@@ -27,7 +29,7 @@ CPU_DEFAULTS = {"img_size": 128, "base_chan": 16, "num_blocks": 3, "epochs": 50,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode pipeline", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode pipeline", description=__doc__)
     parser.add_argument("--datadir", default=None, help="data set root (default: $LABCODE_DATADIR or the "
                         "generated data set)")
     parser.add_argument("--name", default="pipeline", help="directory under --logdir (default: pipeline)")
@@ -35,29 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing <logdir>/<name>")
     parser.add_argument("--areas-train", "--areas_train", nargs="+", default=["1", "2", "3", "4", "6"])
     parser.add_argument("--areas-test", "--areas_test", nargs="+", default=["5a", "5b"])
-    parser.add_argument("--valid-ratio", "--valid_ratio", type=float, default=CPU_DEFAULTS["valid_ratio"],
+    parser.add_argument("--valid-ratio", "--valid_ratio", type=open_ratio, default=CPU_DEFAULTS["valid_ratio"],
                         help="share of the training areas' images held out for validation (default: 0.1)")
     parser.add_argument("--model", default="unet")
-    parser.add_argument("--epochs", type=int, default=CPU_DEFAULTS["epochs"])
-    parser.add_argument("--img-size", "--img_size", type=int, default=CPU_DEFAULTS["img_size"])
-    parser.add_argument("--base-chan", "--base_chan", type=int, default=CPU_DEFAULTS["base_chan"])
-    parser.add_argument("--num-blocks", "--num_blocks", type=int, default=CPU_DEFAULTS["num_blocks"])
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=CPU_DEFAULTS["batch_size"])
-    parser.add_argument("--lr", type=float, default=CPU_DEFAULTS["lr"])
+    parser.add_argument("--epochs", type=positive_int, default=CPU_DEFAULTS["epochs"])
+    parser.add_argument("--img-size", "--img_size", type=image_side, default=CPU_DEFAULTS["img_size"])
+    parser.add_argument("--base-chan", "--base_chan", type=positive_int, default=CPU_DEFAULTS["base_chan"])
+    parser.add_argument("--num-blocks", "--num_blocks", type=positive_int, default=CPU_DEFAULTS["num_blocks"])
+    parser.add_argument("--batch-size", "--batch_size", type=positive_int, default=CPU_DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=positive_float, default=CPU_DEFAULTS["lr"])
     parser.add_argument("--loss", default="ce")
     parser.add_argument("--class-weights", "--class_weights", default=CPU_DEFAULTS["class_weights"],
                         help="class weights of the loss (default: inverse_sqrt; none to disable)")
-    parser.add_argument("--num-workers", "--num_workers", type=int, default=2)
-    parser.add_argument("--test-img-size", type=int, default=None,
+    parser.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=2)
+    parser.add_argument("--test-img-size", type=non_negative_int, default=None,
                         help="resize the test images to this size (default: --img-size, the scale the model saw "
                         "in training; 0 keeps the native resolution)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep the default memory format (channels_last is faster on CPU and GPU)")
     parser.add_argument("--no-amp", dest="amp", action="store_false",
                         help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
     parser.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
     parser.add_argument("--no-progress", dest="progress", action="store_false")

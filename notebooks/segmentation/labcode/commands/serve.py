@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, non_negative_int, port, positive_float, positive_int
 from labcode.errors import LabError
 
 PROVIDERS = {
@@ -22,20 +23,20 @@ PROVIDERS = {
 def build_parser() -> argparse.ArgumentParser:
     from labcode.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_MAX_UPLOAD_BYTES
 
-    parser = argparse.ArgumentParser(prog="python -m labcode serve", description=__doc__,
+    parser = ArgumentParser(prog="python -m labcode serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="the exported .onnx file")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument("--port", type=port, default=8000, help="port to listen on")
     parser.add_argument("--device", choices=sorted(PROVIDERS), default="auto",
                         help="ONNX Runtime providers: cuda then cpu when a GPU is usable (auto), or only one")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    parser.add_argument("--max-upload-mb", type=positive_float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help="largest accepted upload in MiB (413 beyond)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="largest accepted width x height (413 beyond)")
-    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+    parser.add_argument("--max-side", type=non_negative_int, default=DEFAULT_MAX_SIDE,
                         help="segment larger photos on a copy downscaled to this longer side (0: never)")
-    parser.add_argument("--workers", type=int, default=2, help="uploads processed at the same time")
+    parser.add_argument("--workers", type=positive_int, default=2, help="uploads processed at the same time")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level")
     return parser
@@ -43,14 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        raise LabError(f"--port {args.port} is not a port number (0 to 65535)")
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
-                        ("--workers", args.workers)):
-        if value <= 0:
-            raise LabError(f"{flag} must be positive, got {value}")
-    if args.max_side < 0:
-        raise LabError(f"--max-side must be 0 (never downscale) or positive, got {args.max_side}")
     if not args.model.is_file():
         raise LabError(f"--model {args.model}: no such file (export one with `python -m labcode export`)")
 

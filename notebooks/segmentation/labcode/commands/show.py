@@ -7,18 +7,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, image_side, non_negative_int, seed
 from labcode.errors import LabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode show", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode show", description=__doc__)
     parser.add_argument("--datadir", type=Path, default=None,
                         help="data set root (default: $LABCODE_DATADIR or the generated data set)")
     parser.add_argument("--areas", "--area", nargs="+", default=None, help="areas to pick from, e.g. 5a")
-    parser.add_argument("--index", type=int, default=0, help="index of the image within the chosen areas")
+    parser.add_argument("--index", type=non_negative_int, default=0, help="index of the image within the chosen areas")
     parser.add_argument("--augmented", action="store_true", help="also draw an augmented version")
-    parser.add_argument("--img-size", "--img_size", type=int, default=256, help="size of the augmented version")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentation")
+    parser.add_argument("--img-size", "--img_size", type=image_side, default=256, help="size of the augmented version")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the augmentation")
     parser.add_argument("--out", type=Path, default=Path("sample.png"), help="output PNG")
     return parser
 

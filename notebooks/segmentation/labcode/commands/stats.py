@@ -7,13 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, open_ratio
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode stats", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode stats", description=__doc__)
     parser.add_argument("--datadir", type=Path, default=None,
                         help="data set root (default: $LABCODE_DATADIR or the generated data set)")
     parser.add_argument("--areas", nargs="+", default=None, help="areas to count (default: all)")
-    parser.add_argument("--beta", type=float, default=1 - 1e-7, help="beta of the 'effective' weights")
+    parser.add_argument("--beta", type=open_ratio, default=1 - 1e-7, help="beta of the 'effective' weights")
     parser.add_argument("--out", type=Path, default=None, help="write the histogram figure to this PNG")
     return parser
 

@@ -9,23 +9,24 @@ import os
 from pathlib import Path
 
 from labcode.classes import AREAS
+from labcode.commands.options import ArgumentParser, positive_int, seed
 from labcode.errors import LabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode synth", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode synth", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="root folder to create (must be absent or empty)")
-    parser.add_argument("--size", type=int, default=1080, help="side of the square images in pixels (default 1080)")
+    parser.add_argument("--size", type=positive_int, default=1080, help="side of the square images in pixels (default 1080)")
     count = parser.add_mutually_exclusive_group()
-    count.add_argument("--images-per-area", "--images_per_area", type=int, default=None, metavar="N",
+    count.add_argument("--images-per-area", "--images_per_area", type=positive_int, default=None, metavar="N",
                        help="images in every area")
-    count.add_argument("--total-images", type=int, default=None, metavar="N",
+    count.add_argument("--total-images", type=positive_int, default=None, metavar="N",
                        help="images in all, split over the areas like the real data set (default: as many as the "
                             "default data set)")
     parser.add_argument("--areas", nargs="+", default=list(AREAS), metavar="AREA",
                         help=f"areas to generate (default: all of {' '.join(AREAS)})")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (same options and seed: identical files)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="rendering processes")
+    parser.add_argument("--seed", type=seed, default=0, help="base seed (same options and seed: identical files)")
+    parser.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1), help="rendering processes")
     parser.add_argument("--force", action="store_true", help="replace the output folder if it is not empty")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -39,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in areas if a not in AREAS]
     if unknown:
         raise LabError(f"--areas: unknown area(s) {', '.join(unknown)}; valid areas: {', '.join(AREAS)}")
-    for name in ("size", "images_per_area", "total_images", "workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise LabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     out = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise LabError(f"--out {out} already exists and is not empty; choose another folder or add --force")

@@ -13,9 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, image_side, non_negative_int, positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode test", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode test", description=__doc__)
     parser.add_argument("--modelpath", type=Path, required=True, help="ONNX model or training checkpoint")
     parser.add_argument("--model", default=None, help="accepted for compatibility; the model file says it all")
     what = parser.add_mutually_exclusive_group(required=True)
@@ -23,11 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--image", type=Path, help="a photo to segment")
     parser.add_argument("--datadir", default=None, help="data set root (default: $LABCODE_DATADIR or the "
                         "generated data set)")
-    parser.add_argument("--img-size", "--img_size", type=int, default=None,
+    parser.add_argument("--img-size", "--img_size", type=image_side, default=None,
                         help="areas: resize to this square size (default: native resolution)")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=1, help="areas: images per batch")
-    parser.add_argument("--num-workers", "--num_workers", type=int, default=2)
-    parser.add_argument("--max-size", "--max_size", type=int, default=None,
+    parser.add_argument("--batch-size", "--batch_size", type=positive_int, default=1, help="areas: images per batch")
+    parser.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=2)
+    parser.add_argument("--max-size", "--max_size", type=positive_int, default=None,
                         help="image: predict on a copy whose longer side is at most this, labels brought back")
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON (areas) or figure PNG (image); default next to the model / the image")

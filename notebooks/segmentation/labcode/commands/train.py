@@ -14,18 +14,20 @@ import shlex
 import sys
 from pathlib import Path
 
+from labcode.commands.options import (ArgumentParser, float_in, image_side, non_negative_float, non_negative_int,
+                                      open_ratio, positive_float, positive_int, seed)
 from labcode.errors import LabError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="unet", help="model name: unet or deeplabv3plus (default: unet)")
-    parser.add_argument("--num-blocks", "--num_blocks", type=int, default=None, help="UNet: encoder blocks")
-    parser.add_argument("--base-chan", "--base_chan", type=int, default=None,
+    parser.add_argument("--num-blocks", "--num_blocks", type=positive_int, default=None, help="UNet: encoder blocks")
+    parser.add_argument("--base-chan", "--base_chan", type=positive_int, default=None,
                         help="UNet: channels of the first block")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode train", description=__doc__,
+    parser = ArgumentParser(prog="python -m labcode train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--datadir", default=None, help="data set root (default: $LABCODE_DATADIR or the generated "
@@ -34,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training areas (default: 1 2 3 4 6)")
     data.add_argument("--areas-valid", "--areas_valid", nargs="*", default=None,
                       help="validation areas (default: hold out --valid-ratio of the training images)")
-    data.add_argument("--valid-ratio", "--valid_ratio", type=float, default=0.2)
-    data.add_argument("--img-size", "--img_size", type=int, default=256, help="side of the training crops")
-    data.add_argument("--batch-size", "--batch_size", type=int, default=8)
-    data.add_argument("--num-workers", "--num_workers", type=int, default=2)
+    data.add_argument("--valid-ratio", "--valid_ratio", type=open_ratio, default=0.2)
+    data.add_argument("--img-size", "--img_size", type=image_side, default=256, help="side of the training crops")
+    data.add_argument("--batch-size", "--batch_size", type=positive_int, default=8)
+    data.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=2)
     data.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
     data.add_argument("--cache-dir", "--cache_dir", default=None,
                       help="read the images from a cache made by `python -m labcode prepare`")
@@ -45,30 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model and loss")
     add_model_arguments(model)
     model.add_argument("--loss", default="ce", help="ce, focal, dice, tversky, lovasz or mcc (default: ce)")
-    model.add_argument("--focal-gamma", "--focal_gamma", type=float, default=None, help="focal loss: gamma")
-    model.add_argument("--tversky-alpha", "--tversky_alpha", type=float, default=None, help="Tversky: alpha (FP)")
-    model.add_argument("--tversky-beta", "--tversky_beta", type=float, default=None, help="Tversky: beta (FN)")
+    model.add_argument("--focal-gamma", "--focal_gamma", type=non_negative_float, default=None, help="focal loss: gamma")
+    model.add_argument("--tversky-alpha", "--tversky_alpha", type=non_negative_float, default=None, help="Tversky: alpha (FP)")
+    model.add_argument("--tversky-beta", "--tversky_beta", type=non_negative_float, default=None, help="Tversky: beta (FN)")
     model.add_argument("--class-weights", "--class_weights", default="none",
                        help="none, uniform, inverse, inverse_sqrt, median or effective (default: none)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
-    optim.add_argument("--weight-decay", "--weight_decay", type=float, default=1e-4)
-    optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float, default=0.05,
+    optim.add_argument("--epochs", type=positive_int, default=10)
+    optim.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of AdamW")
+    optim.add_argument("--weight-decay", "--weight_decay", type=non_negative_float, default=1e-4)
+    optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float_in(0.0, 1.0), default=0.05,
                        help="fraction of the steps of linear warm-up before the cosine decay")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=seed, default=0)
     optim.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
 
     run = parser.add_argument_group("run")
     run.add_argument("--logdir", default="runs", help="parent directory of the runs (default: runs)")
     run.add_argument("--run-name", "--run_name", default=None, help="run directory name (default: model-time)")
-    run.add_argument("--figure-every", type=int, default=1,
+    run.add_argument("--figure-every", type=positive_int, default=1,
                      help="draw the TensorBoard figures every N epochs and at the last one (default: 1)")
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                      help="continue a run: a checkpoint, a run directory, or nothing for <logdir>/<run-name>")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    run.add_argument("--threads", type=int, default=None,
+    run.add_argument("--threads", type=positive_int, default=None,
                      help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
     run.add_argument("--no-amp", dest="amp", action="store_false",
                      help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
@@ -134,7 +136,11 @@ def given_options(argv: list[str]) -> set[str]:
 
 
 def merge_resumed(config, argv: list[str]):
-    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now."""
+    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now.
+
+    Model options given now are applied over the checkpoint's, so that :func:`labcode.train.fit` compares the
+    architecture asked for with the checkpoint's and refuses a change.
+    """
     from labcode.checkpoint import load_checkpoint
     from labcode.train import TrainConfig, find_resume_checkpoint
 
@@ -144,6 +150,8 @@ def merge_resumed(config, argv: list[str]):
     for key, value in saved.items():
         if key in merged and key not in ("resume", "command") and not given & set(_SOURCES.get(key, (key,))):
             merged[key] = value
+    if given & set(_SOURCES["model_options"]) and isinstance(saved.get("model_options"), dict):
+        merged["model_options"] = {**saved["model_options"], **config.model_options}
     return TrainConfig(**merged)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from labcode.commands.options import ArgumentParser, port
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labcode view", description=__doc__)
+    parser = ArgumentParser(prog="python -m labcode view", description=__doc__)
     parser.add_argument("model", type=Path, help="ONNX model to show")
-    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--port", type=port, default=8080, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--no-wait", action="store_true", help="start, print the URL and stop at once")
     return parser
 
