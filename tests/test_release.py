@@ -14,6 +14,7 @@ import pytest
 
 from labcode.check import CHECKS
 from tools import release
+from tools.leaks import find_leaks, secret_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "solutions" / "segmentation"
@@ -135,51 +136,10 @@ def test_release_check_option_reports_a_stale_release(fresh_release, tmp_path, m
     assert "  03_unet.ipynb\n" in out and "  labcode/unet.py\n" in out and "  stray.txt\n" in out
 
 
-def _solution_lines() -> tuple[set[str], set[str]]:
-    """(lines inside solution regions, hidden tests and instructor answers; lines elsewhere in the sources)."""
-    secret, public = set(), set()
-    for path in sorted(SOURCE.glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            info = cell.metadata.get("nbgrader", {})
-            lines = cell.source.splitlines()
-            if info.get("solution") and cell.cell_type == "markdown":
-                secret.update(lines)
-                continue
-            inside = False
-            for line in lines:
-                if re.search(r"### BEGIN (SOLUTION|HIDDEN TESTS)", line):
-                    inside = True
-                elif re.search(r"### END (SOLUTION|HIDDEN TESTS)", line):
-                    inside = False
-                else:
-                    (secret if inside else public).add(line)
-    for path in sorted((REPO / "labcode").rglob("*.py")):
-        text = path.read_text()
-        regions = release.find_regions(text, str(path))
-        inside = {n for r in regions for n in range(r.begin, r.end + 1)}
-        for number, line in enumerate(text.splitlines(), start=1):
-            (secret if number in inside else public).add(line)
-    normalise = lambda lines: {line.strip() for line in lines}  # noqa: E731
-    return normalise(secret), normalise(public)
-
-
 def test_no_solution_or_hidden_test_line_reaches_the_release():
-    secret, public = _solution_lines()
-    # Lines that also appear outside the regions (blank, `pass`, `return x`...) prove nothing.
-    telling = {line for line in secret - public if len(line) >= 8 and not line.startswith("#")}
-    assert len(telling) > 100, "the sources should hold solutions to look for"
-    leaks = {}
-    for path in sorted(RELEASE.rglob("*")):
-        if not path.is_file():
-            continue
-        if path.suffix == ".ipynb":
-            lines = [line for cell in nbformat.read(path, as_version=4).cells for line in cell.source.splitlines()]
-        else:
-            lines = path.read_text().splitlines()
-        found = telling & {line.strip() for line in lines}
-        if found:
-            leaks[str(path.relative_to(RELEASE))] = sorted(found)
-    assert not leaks, f"solution lines in the student release: {leaks}"
+    secrets = secret_lines()
+    assert sum(map(len, secrets.values())) > 200, "the sources should hold solutions to look for"
+    assert find_leaks(RELEASE, secrets) == []
     text = "\n".join(p.read_text() for p in RELEASE.glob("*.ipynb"))
     assert "HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
 
