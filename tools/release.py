@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a scratch one with --check)")
     parser.add_argument("--check", action="store_true",
                         help="build into a temporary folder and report the files that differ from --out")
+    parser.add_argument("--dist", type=Path, default=REPO / "dist" / "student",
+                        help="the students' distribution written from the release (default: dist/student)")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -344,12 +346,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out / ASSIGNMENT} is up to date")
             return 0
         dest = build_release(args.out, db_url=args.db_url or f"sqlite:///{REPO / 'gradebook.db'}")
-    except ReleaseError as err:
+        from tools.distribution import DistributionError, build_distribution, reference_model
+
+        reference = reference_model()
+        dist = build_distribution(dest, args.dist, reference=reference,
+                                  ignore=tuple(load_course_config().CourseDirectory.ignore))
+    except (ReleaseError, DistributionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     notebooks = sorted(p.name for p in dest.glob("*.ipynb"))
     library = [p for p in (dest / LIBRARY).rglob("*.py")]
     print(f"wrote {len(notebooks)} notebooks ({', '.join(notebooks)}) and {len(library)} library files to {dest}")
+    print(f"wrote the students' distribution to {dist}" + ("" if reference else
+          " (without the reference model: run `make reference`, then `make release` again before publishing)"))
     return 0
 
 

@@ -1,4 +1,8 @@
-"""``python -m labcode synth``: generate a synthetic data set in the exact Stanford 2D-3D-S layout."""
+"""``python -m labcode synth``: generate a synthetic data set in the exact Stanford 2D-3D-S layout.
+
+``--default`` makes the course's default data set where the notebooks and commands look for it (nothing to do when
+it is already there); otherwise ``--out`` says where to write a data set of the given options.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,13 @@ from labcode.errors import LabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m labcode synth", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="root folder to create (must be absent or empty)")
+    parser = ArgumentParser(prog="python -m labcode synth", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="root folder to create (must be absent or empty)")
+    target.add_argument("--default", action="store_true",
+                        help="the course's default data set, where the notebooks find it (the other options are "
+                             "ignored)")
     parser.add_argument("--size", type=positive_int, default=1080, help="side of the square images in pixels (default 1080)")
     count = parser.add_mutually_exclusive_group()
     count.add_argument("--images-per-area", "--images_per_area", type=positive_int, default=None, metavar="N",
@@ -32,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labcode.synth import DEFAULT_SYNTH, area_image_counts, generate_dataset
+    from labcode.synth import DEFAULT_SYNTH, area_image_counts, ensure_default_dataset, generate_dataset
 
+    if args.default:
+        print(f"default data set: {ensure_default_dataset(progress=not args.quiet)}")
+        return 0
     areas = tuple(args.areas)
     unknown = [a for a in areas if a not in AREAS]
     if unknown:
