@@ -88,3 +88,65 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def chromium(tmp_path, monkeypatch):
+    """Headless Chromium (selenium and the system's chromedriver) that reaches this machine only.
+
+    Every host name but ``localhost`` and ``127.0.0.1`` fails to resolve, as on a course machine without internet:
+    a page that needs the network (a CDN) shows it. Skipped without Chromium, a failure in CI (``CI`` set).
+    """
+    import shutil
+
+    from tests.course import require
+
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver_path = shutil.which("chromedriver")
+    require(browser is not None and driver_path is not None,
+            "Chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                     "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A one-node SLURM cluster on this machine (``scripts/slurm_local.sh``): ``SLURM_CONF`` for the session.
+
+    Needs root and Debian's slurm-wlm and munge (``scripts/setup.sh --system``); skipped without them, a failure in
+    CI.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from tests.course import REPO, require
+
+    require(os.geteuid() == 0 and shutil.which("slurmctld") is not None and shutil.which("munged") is not None,
+            "a one-node slurm needs root and the packages slurm-wlm and munge")
+    done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    conf = done.stdout.strip().split("SLURM_CONF=")[-1]
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if saved is None:
+        os.environ.pop("SLURM_CONF")
+    else:
+        os.environ["SLURM_CONF"] = saved
