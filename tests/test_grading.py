@@ -396,22 +396,6 @@ def test_the_grader_refuses_an_environment_with_the_instructor_library(tmp_path,
 # On a cluster: a real one-node slurm
 # --------------------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def slurm():
-    require(os.geteuid() == 0 and shutil.which("slurmctld") is not None, "slurm-wlm and root are needed")
-    done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    conf = done.stdout.strip().split("SLURM_CONF=")[-1]
-    saved = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    if saved is None:
-        os.environ.pop("SLURM_CONF")
-    else:
-        os.environ["SLURM_CONF"] = saved
-
-
 def test_a_slurm_array_grades_the_class(tmp_path, grading_env, slurm):
     course = make_course(tmp_path / "course")
     new_submission(course, "ann")

@@ -189,6 +189,7 @@ def test_slurm_script_pins_the_commit_and_runs_train(tmp_path: Path, capsys, mon
     assert script.startswith("#!/bin/bash\n")
     for expected in ("#SBATCH --partition=gpu_prod", "#SBATCH --time=2:00:00", "#SBATCH --gres=gpu:2",
                      f"COMMIT={sha}", 'git -C "$REPO" archive', "SLURM_TMPDIR", "TMPDIR", 'venv "$SCRATCH/venv"',
+                     'pip install --quiet -r "$SCRATCH/code/requirements.txt"', 'cd "$SCRATCH/code/"',
                      "torchrun --standalone --nproc_per_node=2 -m labcode train",
                      "--run-name big", "--epochs 50 --areas_train 1 2"):
         assert expected in script, expected
@@ -210,6 +211,25 @@ def test_slurm_script_pins_the_commit_and_runs_train(tmp_path: Path, capsys, mon
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{git_only}{os.pathsep}/usr/bin{os.pathsep}/bin")
     assert slurm.main(argv) == 0
     assert f"Submitted batch job 42 ({tmp_path / 'runs' / 'big.sbatch'})" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_training_job_runs_on_a_real_slurm(tmp_path: Path, synth_root: Path, slurm) -> None:
+    # The script of `python -m labcode slurm`, submitted to a one-node cluster: the job extracts the committed code,
+    # trains one tiny epoch with the repository's environment, and writes its run where the script says.
+    repo = Path(__file__).resolve().parents[1]
+    logdir = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "labcode", "slurm", "--gpus", "0", "--cpus", "1", "--time", "00:10:00", "--wait",
+         "--venv", str(Path(sys.executable).parents[1]), "--run-name", "tiny", "--logdir", str(logdir), "--",
+         "--datadir", str(synth_root), "--areas-train", "1", "--epochs", "1", "--img-size", "32", "--batch-size", "2",
+         "--num-blocks", "2", "--base-chan", "4", "--small", "--num-workers", "0"],
+        cwd=repo, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text() for p in logdir.glob("tiny.slurm-*.out"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    assert "Submitted batch job" in done.stdout
+    assert (logdir / "tiny" / "best.pt").is_file() and (logdir / "tiny" / "best.onnx").is_file(), logs
+    assert "commit" in logs
 
 
 def _copy_with_truncated_png(synth_root: Path, out: Path, areas: tuple[str, ...]) -> dict[str, Path]:

@@ -1,8 +1,10 @@
 """``python -m labcode slurm``: write (and submit) a SLURM batch script for a training run.
 
 The job runs the code of one git commit (the current one by default): on the compute node it extracts that commit
-into local scratch (``$SLURM_TMPDIR`` or ``$TMPDIR``), creates a virtual environment there, installs the
-requirements and runs ``python -m labcode train`` with the options given after ``--``. Runs are written to the
+into local scratch (``$SLURM_TMPDIR`` or ``$TMPDIR``), creates a virtual environment there and installs the
+requirements (or uses the existing environment given with ``--venv``), then runs ``python -m labcode train`` with
+the options given after ``--`` from the folder holding ``labcode/`` (the repository root in the instructors'
+repository, ``segmentation/`` in the students' distribution: students train their own UNet). Runs are written to the
 shared ``--logdir`` so they survive the job. SLURM sends SIGTERM two minutes before the time limit, and training
 saves its state on SIGTERM: resubmit with ``-- --resume`` to continue. The job sees the environment of the
 submission, so ``LABCODE_DATADIR`` (or ``-- --datadir PATH``) points it to the real data set.
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", type=Path, default=None, help="git repository of the code (default: this one)")
     parser.add_argument("--commit", default="HEAD", help="commit to run (default: HEAD)")
     parser.add_argument("--python", default="python3", help="interpreter creating the venv on the node")
+    parser.add_argument("--venv", type=Path, default=None,
+                        help="an existing virtual environment (on storage the nodes see) instead of a new one per job")
+    parser.add_argument("--wait", action="store_true", help="wait for the job to end (sbatch --wait)")
     parser.add_argument("--out", type=Path, default=None, help="script path (default: <logdir>/<run-name>.sbatch)")
     parser.add_argument("--dry-run", action="store_true", help="print the script, write and submit nothing")
     return parser
@@ -78,6 +83,8 @@ def render_sbatch(
     cpus: int = 8,
     mem: str | None = None,
     python: str = "python3",
+    venv: Path | None = None,
+    package_dir: str = "",
 ) -> str:
     """The text of the batch script (see the module docstring for what the job does)."""
     q = shlex.quote
@@ -107,13 +114,13 @@ def render_sbatch(
         "",
         "# the code of the pinned commit only (no uncommitted change), on the node's local disk",
         'git -C "$REPO" archive --format=tar "$COMMIT" | tar -x -C "$SCRATCH/code"',
-        f'{q(python)} -m venv "$SCRATCH/venv"',
-        'source "$SCRATCH/venv/bin/activate"',
-        'python -m pip install --quiet --upgrade pip',
-        'python -m pip install --quiet -r "$SCRATCH/code/requirements.txt"',
-        'python -m pip install --quiet --no-deps -e "$SCRATCH/code"',
+        *([f"source {q(str(venv.resolve()))}/bin/activate"] if venv else [
+            f'{q(python)} -m venv "$SCRATCH/venv"',
+            'source "$SCRATCH/venv/bin/activate"',
+            'python -m pip install --quiet --upgrade pip',
+            'python -m pip install --quiet -r "$SCRATCH/code/requirements.txt"']),
         f"mkdir -p {q(str(logdir))}",
-        'cd "$SCRATCH/code"',
+        f'cd "$SCRATCH/code/{package_dir}"  # the folder holding labcode/: python -m labcode imports that copy',
         'echo "job ${SLURM_JOB_ID:-?} on $(hostname): commit $COMMIT"',
         "",
         f"srun {launcher} {train}",
@@ -132,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {root} has uncommitted changes; the job runs commit {sha[:12]} without them",
               file=sys.stderr)
     run_name = args.run_name or f"{args.job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    package = Path(__file__).resolve().parents[2]  # the folder holding this labcode/
+    package_dir = package.relative_to(root).as_posix() if package.is_relative_to(root) else ""
     script = render_sbatch(train_args, repo=root, commit=sha, logdir=args.logdir, run_name=run_name,
                            job_name=args.job_name, partition=args.partition, time_limit=args.time, gpus=args.gpus,
-                           cpus=args.cpus, mem=args.mem, python=args.python)
+                           cpus=args.cpus, mem=args.mem, python=args.python, venv=args.venv,
+                           package_dir="" if package_dir == "." else package_dir)
     if args.dry_run:
         print(script, end="")
         return 0
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise LabError(f"sbatch not found: is this a SLURM login node? The script is in {out}")
-    done = subprocess.run([sbatch, str(out)], capture_output=True, text=True)
+    done = subprocess.run([sbatch, *(["--wait"] if args.wait else []), str(out)], capture_output=True, text=True)
     if done.returncode != 0:
         raise LabError(f"sbatch {out} failed: {done.stderr.strip()}")
     print(done.stdout.strip())
