@@ -36,7 +36,7 @@ c.CourseDirectory.release_directory = "notebooks"
 # the data sets and runs that the notebooks write next to themselves.
 c.CourseDirectory.ignore = [
     ".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback",
-    "data", "runs", "*.onnx", "*.onnx.data", "*.pt", "*.pth",
+    "data", "runs", "*.onnx.data", "*.pt", "*.pth",  # (*.onnx is kept: students submit my_model.onnx)
     "stand_in_photo.png", "*_segmentation.png", "*_segmentation_mask.png",
 ]
 
@@ -65,3 +65,20 @@ c.Autograde.autograde_preprocessors = autograde_preprocessors()
 # --------------------------------------------------------------------------------------------------------------------
 # What students get back carries no hidden test, and each failed test shows one line: its hint.
 c.GenerateFeedback.preprocessors = [SafeFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Grading the trained models (tools/grading/models.py; part of `python -m tools.grading run`)
+# --------------------------------------------------------------------------------------------------------------------
+# Notebook 5 ends with each student exporting their best model to my_model.onnx; the grader scores it, in the
+# sandbox, on the hidden test set (`python -m tools.grading hidden-set`, once per term) and gives the graded cell
+# below its points by the bands: (minimum macro F1 on the hidden set, share of the cell's points), best first.
+c.ModelGrading.model_file = "my_model.onnx"
+c.ModelGrading.notebook = "05_training"
+c.ModelGrading.grade_id = "test_model_export"
+c.ModelGrading.bands = [(0.70, 1.0), (0.60, 0.8), (0.50, 0.6), (0.35, 0.4), (0.20, 0.2)]
+c.ModelGrading.img_size = 128  # the models are evaluated on the hidden images resized to this side
+c.ModelGrading.time_limit = 300  # seconds per model for the whole hidden set
+c.ModelGrading.memory_gb = 4
+c.ModelGrading.max_model_mb = 200
+c.ModelGrading.names = "pseudonym"  # on the leaderboard; or "student_id"
+c.ModelGrading.shareable = 3  # students see their predictions on the first 3 hidden images

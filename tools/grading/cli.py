@@ -8,6 +8,7 @@ Commands:
 - ``merge``: merge the results of a slurm array submitted with ``--no-wait``.
 - ``feedback``: generate the students' feedback (``--release`` also puts it in the exchange).
 - ``check``: tell whether this machine can grade: grading environment, sandbox, cgroups, slurm.
+- ``hidden-set``: generate the hidden test set the students' models are scored on (once per term, secret seed).
 - ``worker``: grade one submission from a job file (what the parallel grader and the array tasks run).
 
 Run from the repository root, with the instructor environment (``.venv/bin/python -m tools.grading ...``).
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tools.grading import sandbox
+from tools.grading import models, sandbox
 from tools.grading.course import Course, tools_on_path
 from tools.grading.parallel import REPO, Settings, collect_result, grade_all, summary_rows
 
@@ -75,14 +77,44 @@ def default_datadir() -> Path:
 # Commands
 # --------------------------------------------------------------------------------------------------------------------
 
+def hidden_root(course: Course, given: Path | None) -> Path | None:
+    """The hidden test set: ``--hidden``, else ``<course>/data/hidden/stanford`` when it exists, else none."""
+    if given is not None:
+        if not (given / "assets" / "semantic_labels.json").is_file():
+            raise GradingError(f"--hidden {given} is not a data set in the 2D-3D-S layout (no assets/semantic_labels.json)")
+        return given
+    default = course.root / "data" / "hidden" / "stanford"
+    return default if default.is_dir() else None
+
+
 def settings_from(args: argparse.Namespace, course: Course, isolated: bool) -> Settings:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     memory = int(args.memory_gb * sandbox.GIB) if args.memory_gb else \
         min(6 * sandbox.GIB, int(0.8 * total / args.workers))
-    return Settings(python=args.python, datadir=args.datadir or default_datadir(),
-                    scratch=args.scratch or course.root / "grading", workers=args.workers,
-                    cell_timeout=args.cell_timeout, submission_timeout=args.submission_timeout,
-                    limits=sandbox.Limits(memory_bytes=memory), notebooks=args.notebooks, isolated=isolated)
+    scratch = args.scratch or course.root / "grading"
+    model = models.ModelGrading.from_config(course.config())
+    hidden = None if args.no_models else hidden_root(course, args.hidden)
+    packed = None
+    if hidden is not None:
+        packed = scratch / f"hidden-{model.img_size}.npz"
+        models.pack_hidden_set(hidden, model.img_size, model.shareable, packed)
+    elif not args.no_models:
+        print("note: no hidden test set (python -m tools.grading hidden-set): the submitted models are not scored",
+              file=sys.stderr)
+    return Settings(python=args.python, datadir=args.datadir or default_datadir(), scratch=scratch,
+                    workers=args.workers, cell_timeout=args.cell_timeout, submission_timeout=args.submission_timeout,
+                    limits=sandbox.Limits(memory_bytes=memory), notebooks=args.notebooks, isolated=isolated,
+                    hidden=packed, model=model)
+
+
+def finish_models(course: Course, results: list[dict], settings: Settings, hidden: Path | None) -> None:
+    """The model reports in the autograded notebooks and the leaderboard, once every result is merged."""
+    if settings.hidden is None or not any(r.get("model") for r in results):
+        return
+    manifest = (hidden.parent / "hidden.json") if hidden else None
+    salt = manifest.read_text() if manifest and manifest.is_file() else course.course_id
+    page = models.finish(course, results, settings.model, settings.hidden, salt, settings.scratch / "leaderboard.html")
+    print(f"leaderboard: {page}")
 
 
 def autograde(args: argparse.Namespace) -> list[dict]:
@@ -109,17 +141,21 @@ def autograde(args: argparse.Namespace) -> list[dict]:
             print(f"when it is done: python -m tools.grading merge --course {course.root} --scratch "
                   f"{settings.scratch}")
             return []
-        return merge(course, students, settings.scratch)
-    with tqdm(total=len(students), desc="grading", unit="submission", disable=not args.progress) as bar:
-        def advance(result: dict) -> None:
-            bar.set_postfix_str(f"{result['student']}: {result['status']}")
-            bar.update()
+        results = merge(course, students, settings)
+    else:
+        with tqdm(total=len(students), desc="grading", unit="submission", disable=not args.progress) as bar:
+            def advance(result: dict) -> None:
+                bar.set_postfix_str(f"{result['student']}: {result['status']}")
+                bar.update()
 
-        return grade_all(course, students, settings, on_result=advance)
+            results = grade_all(course, students, settings, on_result=advance)
+    finish_models(course, results, settings, hidden_root(course, args.hidden) if not args.no_models else None)
+    return results
 
 
-def merge(course: Course, students: list[str], scratch: Path) -> list[dict]:
-    return [collect_result(course, student, scratch / student) for student in students]
+def merge(course: Course, students: list[str], settings: Settings) -> list[dict]:
+    model = settings.model if settings.hidden else None
+    return [collect_result(course, student, settings.scratch / student, model=model) for student in students]
 
 
 def feedback(course: Course, release: bool) -> None:
@@ -197,6 +233,9 @@ def add_grading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", default="02:00:00", help="slurm: time limit of each task")
     parser.add_argument("--mem", default=None, help="slurm: memory of each task, e.g. 8G")
     parser.add_argument("--no-wait", action="store_true", help="slurm: submit and return (then run `merge`)")
+    parser.add_argument("--hidden", type=Path, default=None,
+                        help="hidden test set of the models (default: <course>/data/hidden/stanford when present)")
+    parser.add_argument("--no-models", action="store_true", help="do not score the submitted models")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -209,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--release-feedback", action="store_true", help="also put the feedback in the exchange")
     run.add_argument("--grades", type=Path, default=None, help="CSV export (default: <course>/grades.csv)")
     add_grading_options(commands.add_parser("autograde", help="grade the collected submissions"))
-    merged = commands.add_parser("merge", help="merge the results of a slurm array")
-    merged.add_argument("--course", type=Path, default=REPO)
-    merged.add_argument("--scratch", type=Path, default=None)
-    merged.add_argument("--student", nargs="+", default=None)
+    add_grading_options(commands.add_parser("merge", help="merge the results of a slurm array (same options)"))
+    hidden = commands.add_parser("hidden-set", help="generate the hidden test set of the models")
+    hidden.add_argument("--course", type=Path, default=REPO)
+    hidden.add_argument("--images", type=positive_int, default=120, help="images in areas 5a and 5b (default: 120)")
+    hidden.add_argument("--size", type=positive_int, default=None, help="side in pixels (default: the data set's)")
+    hidden.add_argument("--force", action="store_true", help="replace an existing hidden set")
     fed = commands.add_parser("feedback", help="generate (and release) the feedback")
     fed.add_argument("--course", type=Path, default=REPO)
     fed.add_argument("--release", action="store_true")
@@ -238,12 +279,23 @@ def main(argv: list[str] | None = None) -> int:
             cgroup.remove()
             print_table([("grading environment", f"{args.python} (no labcode)"),
                          ("sandbox", problem or "bubblewrap works"), ("resource limits", f"rlimits, {cgroup.kind}"),
-                         ("slurm", "sbatch found" if __import__("shutil").which("sbatch") else "no sbatch")])
+                         ("slurm", "sbatch found" if shutil.which("sbatch") else "no sbatch")])
             return 0 if problem is None else 1
         course = Course(args.course)
+        if args.command == "hidden-set":
+            out = course.root / "data" / "hidden"
+            if out.exists() and not args.force:
+                raise GradingError(f"{out} exists: keep it (students' scores stay comparable) or pass --force")
+            if out.exists():
+                shutil.rmtree(out)
+            root = models.make_hidden_set(out, images=args.images, size=args.size)
+            print(f"hidden test set: {root} (seed and shareable images in {out / 'hidden.json'}; never publish it)")
+            return 0
         if args.command == "merge":
             students = args.student or course.submissions()
-            results = merge(course, students, args.scratch or course.root / "grading")
+            settings = settings_from(args, course, isolated=not args.no_sandbox)
+            results = merge(course, students, settings)
+            finish_models(course, results, settings, hidden_root(course, args.hidden) if not args.no_models else None)
         elif args.command == "feedback":
             feedback(course, args.release)
             print(f"feedback in {course.root / 'feedback'}")

@@ -63,3 +63,33 @@ def reset_submission(course: Course, student: str) -> None:
 
 def remove_scratch(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def set_manual_score(course: Course, student: str, notebook: str, grade_id: str, points: float) -> float | None:
+    """Give ``student``'s graded cell ``grade_id`` of ``notebook`` the score ``points`` (capped at the cell's points).
+
+    Returns:
+        the cell's maximum score, or ``None`` when the course has no such graded cell (nothing is written).
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{course.db_path}", course.course_id) as master:
+        try:
+            grade = master.find_grade(grade_id, notebook, course.assignment, student)
+        except MissingEntry:
+            return None
+        grade.manual_score = min(points, grade.max_score)
+        grade.needs_manual_grade = False
+        master.db.commit()
+        return float(grade.max_score)
+
+
+def cell_points(course: Course, notebook: str, grade_id: str) -> float | None:
+    """The points of a graded cell of the assignment, or ``None`` when there is no such cell."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{course.db_path}", course.course_id) as master:
+        try:
+            return float(master.find_graded_cell(grade_id, notebook, course.assignment).max_score)
+        except MissingEntry:
+            return None

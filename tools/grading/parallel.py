@@ -21,6 +21,7 @@ from pathlib import Path
 from tools.grading import sandbox
 from tools.grading.course import Course
 from tools.grading.merge import merge_submission, reset_submission
+from tools.grading.models import ModelGrading, record_points
 from tools.grading.worker import Job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,8 @@ class Settings:
         limits: sandbox limits per submission.
         notebooks: glob of the notebooks to grade.
         isolated: ``False`` only with the instructor's explicit ``--no-sandbox``.
+        hidden: the packed hidden test set the submitted models are scored on (``None``: models are not graded).
+        model: the course's model grading settings.
     """
 
     python: Path
@@ -51,6 +54,8 @@ class Settings:
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     notebooks: str = "*"
     isolated: bool = True
+    hidden: Path | None = None
+    model: ModelGrading = field(default_factory=ModelGrading)
 
     @property
     def threads(self) -> int:
@@ -61,7 +66,7 @@ def make_job(course: Course, student: str, settings: Settings, slot: int) -> Job
     return Job(course=str(course.root), student=student, scratch=str(settings.scratch / student),
                python=str(settings.python), datadir=str(settings.datadir), slot=slot, threads=settings.threads,
                cell_timeout=settings.cell_timeout, limits=asdict(settings.limits), isolated=settings.isolated,
-               notebooks=settings.notebooks)
+               hidden=str(settings.hidden or ""), model=asdict(settings.model), notebooks=settings.notebooks)
 
 
 def worker_command(job_file: Path, slot: str | None = None) -> list[str]:
@@ -69,13 +74,19 @@ def worker_command(job_file: Path, slot: str | None = None) -> list[str]:
     return [sys.executable, "-m", "tools.grading", "worker", str(job_file), *(["--slot", slot] if slot else [])]
 
 
-def collect_result(course: Course, student: str, scratch: Path, status: str | None = None) -> dict:
-    """Merge a finished worker's result into the course (or record 0 when it produced none); return the result."""
+def collect_result(course: Course, student: str, scratch: Path, status: str | None = None,
+                   model: ModelGrading | None = None) -> dict:
+    """Merge a finished worker's result into the course (or record 0 when it produced none); return the result.
+
+    With ``model`` settings, the points of the submitted model (scored by the worker) are recorded too.
+    """
     path = scratch / "result.json"
     result = json.loads(path.read_text()) if path.is_file() and status is None else \
         {"student": student, "status": status or "crashed", "notebooks": {}}
     if result["status"] == "graded":
         merge_submission(course, Course(scratch / "course", course.assignment), student)
+        if model is not None and result.get("model"):
+            result["model_points"] = record_points(course, student, result["model"], model)
     else:
         reset_submission(course, student)
     return result
@@ -120,7 +131,8 @@ def grade_all(course: Course, students: Sequence[str], settings: Settings,
                 status = "timeout"
             log.close()
             del running[slot]
-            result = collect_result(course, student, settings.scratch / student, status)
+            result = collect_result(course, student, settings.scratch / student, status,
+                                    settings.model if settings.hidden else None)
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -141,6 +153,14 @@ def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
         maximum = max(n["auto_max"] for n in got)
         mean = sum(n["auto_score"] for n in got) / len(got)
         rows.append((f"mean {name}", f"{mean:.1f} / {maximum:.0f}"))
+    models = [r["model"] for r in graded if r.get("model")]
+    if models:
+        refused = [r["student"] for r in graded if r.get("model", {}).get("status") == "refused"]
+        points = [r["model_points"]["points"] for r in graded if (r.get("model_points") or {}).get("points") is not None]
+        rows.append(("models scored", f"{len(models) - len(refused)} of {len(models)}"
+                     + (f" (no score: {', '.join(refused)})" if refused else "")))
+        if points:
+            rows.append(("mean model points", f"{sum(points) / len(points):.1f}"))
     if graded:
         slowest = max(graded, key=lambda r: r.get("seconds", 0))
         rows.append(("slowest", f"{slowest['student']} ({slowest.get('seconds', 0):.0f} s)"))

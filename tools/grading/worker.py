@@ -48,6 +48,8 @@ class Job:
         cell_timeout: seconds a cell may run before it is interrupted (scores 0, the rest goes on).
         limits: the sandbox's resource limits.
         isolated: ``False`` when the instructor opted out of the sandbox.
+        hidden: the packed hidden test set (``.npz``) the submitted model is scored on (no model grading when empty).
+        model: the course's model grading settings (:class:`tools.grading.models.ModelGrading` as a dict).
         notebooks: a glob of notebook names to grade (all when ``"*"``).
     """
 
@@ -61,6 +63,8 @@ class Job:
     cell_timeout: int = 300
     limits: dict = field(default_factory=lambda: asdict(sandbox.Limits()))
     isolated: bool = True
+    hidden: str = ""
+    model: dict = field(default_factory=dict)
     notebooks: str = "*"
 
     def save(self, path: Path) -> None:
@@ -180,6 +184,8 @@ def grade(job: Job) -> dict:
         if not outcome["success"]:
             raise RuntimeError(f"nbgrader autograde failed; see {scratch / 'nbgrader.log'}")
         result["notebooks"] = scores(db, work.course_id, course.assignment, job.student)
+        if job.hidden:
+            result["model"] = grade_model(job, submitted)
         result["status"] = "graded"
     except Exception as err:  # the parent reports it; one broken submission never stops the others
         result["error"] = f"{type(err).__name__}: {err}"
@@ -187,6 +193,18 @@ def grade(job: Job) -> dict:
     result["seconds"] = round(time.time() - started, 1)
     (scratch / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def grade_model(job: Job, submitted: Path) -> dict:
+    """Score the submitted model on the hidden set, in a sandbox of its own (no data set, no notebook)."""
+    from labcode.classes import NUM_CLASSES
+    from tools.grading.models import ModelGrading, score_model
+
+    settings = ModelGrading(**job.model)
+    limits = sandbox.Limits(**{**job.limits, "memory_bytes": int(settings.memory_gb * sandbox.GIB)})
+    spec = sandbox.SandboxSpec(python=Path(job.python), slot=job.slot, limits=limits, isolated=job.isolated,
+                               env={"OMP_NUM_THREADS": str(job.threads)})
+    return asdict(score_model(submitted / settings.model_file, Path(job.hidden), settings, spec, NUM_CLASSES))
 
 
 def main(argv: list[str]) -> int:
