@@ -43,8 +43,11 @@ def require_sandbox() -> None:
     require(problem is None, f"the sandbox cannot start: {problem}")
 
 
-def make_course(root: Path) -> Path:
-    """A course folder with the sources, the generated release, its gradebook and an exchange folder."""
+def make_course(root: Path, extra_config: str = "") -> Path:
+    """A course folder with the sources, the generated release, its gradebook and an exchange folder.
+
+    ``extra_config`` lines are appended to its ``nbgrader_config.py`` (after the repository's settings).
+    """
     shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
     release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
     (root / "exchange").mkdir()
@@ -54,6 +57,7 @@ def make_course(root: Path) -> Path:
         f"c.CourseDirectory.root = {str(root)!r}\n"
         f"c.Exchange.root = {str(root / 'exchange')!r}\n"
         f"c.Exchange.cache = {str(root / 'cache')!r}\n"
+        + extra_config
     )
     return root
 

@@ -410,3 +410,104 @@ def test_a_slurm_array_grades_the_class(tmp_path, grading_env, slurm):
     assert len(outputs) == 2, outputs  # two array tasks ran, one per chunk of two submissions
     for student, score in (("ann", 2), ("ben", 0), ("cat", 2)):
         assert auto_grades(course, student)["test_describe_sample"]["score"] == score
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trained models, scored on a hidden test set
+# --------------------------------------------------------------------------------------------------------------------
+
+MODEL_SETTINGS = """c.ModelGrading.img_size = 48
+c.ModelGrading.time_limit = 20
+c.ModelGrading.memory_gb = 2
+c.ModelGrading.bands = [(0.6, 1.0), (0.3, 0.5)]
+c.ModelGrading.shareable = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def models_graded(tmp_path_factory, grading_env):
+    from tests.test_grading_models import graph_model, overfit_model
+    from tools.grading.models import make_hidden_set, pack_hidden_set
+    from onnx import TensorProto, helper
+    import numpy as np
+
+    course = make_course(tmp_path_factory.mktemp("course"), MODEL_SETTINGS)
+    hidden_root = make_hidden_set(course / "data" / "hidden", images=12, size=64, seed=987654321)
+    packed = tmp_path_factory.mktemp("packed") / "hidden.npz"
+    pack_hidden_set(hidden_root, 48, 2, packed)
+    hidden = {"packed": packed}
+    models = {"topper": overfit_model(hidden, tmp_path_factory.mktemp("m") / "m.onnx", steps=150),
+              "untrained": overfit_model(hidden, tmp_path_factory.mktemp("m") / "m.onnx", steps=0)}
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [5, 3, 1, 1], np.ones(15, dtype=np.float32))
+    models["fiveclass"] = graph_model(tmp_path_factory.mktemp("m") / "m.onnx",
+                                      [helper.make_node("Conv", ["image", "w"], ["logits"])],
+                                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
+    for student in ["topper", "untrained", "nomodel", "fiveclass"]:
+        folder = new_submission(course, student)
+        if student in models:
+            shutil.copyfile(models[student], folder / "my_model.onnx")
+    done = grader("run", "--course", str(course), "--workers", "2", "--no-progress", "--notebooks", "05_training")
+    return course, done, hidden_root
+
+
+def test_each_model_gets_the_points_of_its_band_or_zero_with_a_reason(models_graded):
+    course, done, _ = models_graded
+    assert done.returncode == 0, done.stdout + done.stderr
+    points = {student: auto_or_manual(course, student, "test_model_export")
+              for student in ("topper", "untrained", "nomodel", "fiveclass")}
+    assert points == {"topper": 5.0, "untrained": 0.0, "nomodel": 0.0, "fiveclass": 0.0}, points
+    results = {p.parent.name: json.loads(p.read_text()) for p in (course / "grading").glob("*/result.json")}
+    assert results["nomodel"]["model"]["reason"].startswith("no my_model.onnx in the submission")
+    assert "14" in results["fiveclass"]["model"]["reason"]
+    assert "models scored             2 of 4" in done.stdout, done.stdout
+    rows = {line.split(",")[3]: line for line in (course / "grades.csv").read_text().splitlines()[1:]}
+    assert set(rows) == {"topper", "untrained", "nomodel", "fiveclass"}
+
+
+def auto_or_manual(course: Path, student: str, grade_id: str) -> float:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "segmentation-lab") as gradebook:
+        return gradebook.find_grade(grade_id, "05_training", ASSIGNMENT, student).score
+
+
+def test_feedback_shows_the_model_report_and_no_hidden_file(models_graded):
+    course, _, hidden_root = models_graded
+    page = (course / "feedback" / "topper" / ASSIGNMENT / "05_training.html").read_text()
+    assert "Your model on the hidden test set: 5 / 5 points" in page and "class median" in page
+    assert page.count("data:image/png;base64,") >= 3  # confusion matrix and the two shared images
+    refused = (course / "feedback" / "nomodel" / ASSIGNMENT / "05_training.html").read_text()
+    assert "0 / 5 points" in refused and "no my_model.onnx in the submission" in refused
+    # Nothing of the hidden set reaches what students get: no file, no file name, not the seed.
+    hidden_files = [p for p in hidden_root.rglob("*") if p.is_file()]
+    names = {p.stem for p in hidden_files if p.suffix == ".png"}  # the images: camera_<id>_<room>_frame_<k>_...
+    contents = {p.read_bytes() for p in hidden_files}
+    received = [p for p in (course / "feedback").rglob("*") if p.is_file()] + [course / "grading" / "leaderboard.html"]
+    for path in received:
+        data = path.read_bytes()
+        assert data not in contents
+        text = data.decode("utf-8", errors="ignore")
+        assert not [name for name in names if name in text], path
+        assert "987654321" not in text, path
+
+
+@pytest.mark.browser
+def test_the_leaderboard_renders_in_chromium(models_graded, chromium):
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    import functools
+
+    course, _, _ = models_graded
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(course / "grading"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chromium.get(f"http://127.0.0.1:{server.server_address[1]}/leaderboard.html")
+        rows = chromium.execute_script(
+            "return Array.from(document.querySelectorAll('#leaderboard tr')).slice(1)"
+            ".map(r => Array.from(r.cells).map(c => c.innerText))")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [row[0] for row in rows] == ["1", "2"]  # two scored models, ranked
+    assert float(rows[0][2]) > float(rows[1][2]) and "topper" not in str(rows)  # pseudonyms, best first
+    assert "2 submission(s) without a scored model" in chromium.page_source
