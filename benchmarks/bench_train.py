@@ -1,6 +1,7 @@
 """Training-step throughput of the UNet at 256x256 (images/s): fp32, channels_last and bf16 autocast (on CUDA also
-fp16 with a gradient scaler). On a CPU without bfloat16 matrix units (AMX) the bf16 row is emulated, hence slow, and
-``labcode`` trains in fp32 there (:func:`labcode.engine.cpu_has_bf16_matmul`).
+fp16 with a gradient scaler). ``labcode`` trains in bf16 on CPUs with bfloat16 matrix units (AMX) and in fp32
+elsewhere (:func:`labcode.engine.cpu_has_bf16_matmul`). The bf16 rows say which hardware ran them: AMX, AVX512-BF16
+dot products (e.g. AMD Zen 4: no AMX, yet bf16 runs natively), or neither (emulated, hence slow).
 
 The last row is the seed lab's comparison: the handout's UNet (the same encoder and decoder, called in turn by its
 wrapper, input sides multiples of ``2**num_blocks``) against labcode's, whose wrapper also pads any input size and crops
@@ -21,7 +22,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from benchmarks.common import machine, print_table
+from benchmarks.common import cpu_flags, machine, print_table
 from labcode.engine import cpu_has_bf16_matmul
 from labcode.losses import build_loss
 from labcode.models import build_model, count_parameters
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         settings += [("bf16 autocast channels_last", torch.bfloat16, True),
                      ("fp16 autocast + GradScaler channels_last", torch.float16, True)]
     else:
-        hardware = "AMX" if cpu_has_bf16_matmul() else "no AMX: emulated"
+        hardware = "AMX" if cpu_has_bf16_matmul() else \
+            "no AMX; avx512_bf16" if "avx512_bf16" in cpu_flags() else "no AMX: emulated"
         settings += [(f"bf16 autocast ({hardware})", torch.bfloat16, False),
                      (f"bf16 autocast channels_last ({hardware})", torch.bfloat16, True)]
     generator = torch.Generator().manual_seed(0)

@@ -24,6 +24,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def machine() -> str:
     """One line describing where the numbers were measured: CPU, cores, AMX, GPU, library versions."""
     from labcode.engine import cpu_has_bf16_matmul
@@ -33,7 +44,7 @@ def machine() -> str:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    amx = "AMX" if cpu_has_bf16_matmul() else "no AMX"
+    amx = "AMX" if cpu_has_bf16_matmul() else "no AMX" + (" (avx512_bf16)" if "avx512_bf16" in cpu_flags() else "")
     versions = f"torch {torch.__version__}"
     try:
         import onnxruntime
