@@ -22,7 +22,8 @@ Wuffs verifies the zlib and chunk checksums, like OpenCV's libpng; libspng does 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -231,18 +232,20 @@ def _opencv_to_rgb(image: np.ndarray) -> np.ndarray:
 # Files
 # --------------------------------------------------------------------------------------------------------------------
 
-def _decode_file(path: Path, decoder: str | None, kind: str) -> np.ndarray:
+def _read(path: Path, decoder: str | None) -> tuple[bytes, PngHeader | None, Decoder]:
     chosen = _get(decoder)  # unknown names fail before the file is read
     if not path.is_file():
         raise DatasetError(f"image file not found: {path}")
     data = path.read_bytes()
-    header = png_header(data)
+    return data, png_header(data), chosen
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn a decoder's error (imagecodecs raises RuntimeError subclasses) into a DatasetError naming the file."""
     try:
-        if _fast_path(header):
-            return getattr(chosen, kind)(data, header)
-        image = _opencv_decode(data)
-        return _opencv_to_rgb(image) if kind == "rgb" else pack_codes(image)
-    except (ValueError, RuntimeError) as exc:  # decoder errors (imagecodecs raises RuntimeError subclasses)
+        yield
+    except (ValueError, RuntimeError) as exc:
         raise DatasetError(f"cannot decode image file {path} (not a readable PNG/JPEG: {exc})") from exc
 
 
@@ -256,7 +259,10 @@ def read_rgb(path: str | Path, decoder: str | None = None) -> np.ndarray:
     Raises:
         DatasetError: the file is missing or cannot be decoded (the message names it).
     """
-    return _decode_file(Path(path), decoder, "rgb")
+    path = Path(path)
+    data, header, chosen = _read(path, decoder)
+    with _decoding(path):
+        return chosen.rgb(data, header) if _fast_path(header) else _opencv_to_rgb(_opencv_decode(data))
 
 
 def read_codes(path: str | Path, decoder: str | None = None) -> np.ndarray:
@@ -265,4 +271,7 @@ def read_codes(path: str | Path, decoder: str | None = None) -> np.ndarray:
     Gray pixels count as ``(g, g, g)``, alpha is ignored, 16-bit samples keep their 8 most significant bits.
     Arguments and errors as :func:`read_rgb`.
     """
-    return _decode_file(Path(path), decoder, "codes")
+    path = Path(path)
+    data, header, chosen = _read(path, decoder)
+    with _decoding(path):
+        return chosen.codes(data, header) if _fast_path(header) else pack_codes(_opencv_decode(data))
