@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine, print_table
+from benchmarks.common import machine, paired_ratio, print_table
 from labcode.export import export_onnx
 from labcode.infer import OnnxSegmenter
 from labcode.models import build_model, count_parameters
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 eager_s = statistics.median(times["eager"])
                 row = [f"{size}x{size}", batch, rounds, 1000 * eager_s]
                 for name in sessions:
-                    ratio = statistics.median(t / e for t, e in zip(times[name], times["eager"]))
+                    ratio = paired_ratio(times[name], times["eager"])
                     row += [1000 * statistics.median(times[name]), batch / statistics.median(times[name]), ratio]
                 rows.append(row[:4] + [batch / eager_s] + row[4:])
         settings = next(iter(sessions.values())).settings

@@ -7,15 +7,17 @@ the label index computed with int64 arithmetic, and a per-sample numpy lookup th
 ``StanfordDataset`` with the fastest installed decoder (:mod:`labcode.images`); it is also run with each slower
 decoder. The floor (photo decoded to RGB plus label image decoded to packed codes, nothing else) bounds what a raw
 path with that decoder can reach: ``x naive at the floor`` is the ratio if label lookup and augmentation were free.
-The paths are timed in interleaved rounds and each figure is the median over the rounds.
+The paths are timed in interleaved rounds: each rate is the median over the rounds, and each ratio the median
+of the ratios taken within each round.
 
-    python -m benchmarks.bench_loader [--images 24] [--size 1080] [--out-size 256] [--samples 48] [--rounds 3]
+    python -m benchmarks.bench_loader [--images 24] [--size 1080] [--out-size 256] [--samples 48] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import bench_dataset, machine, median_of_rounds, print_table
+from benchmarks.common import bench_dataset, interleaved_rounds, machine, paired_ratio, print_table
 from labcode import images
 from labcode.cache import CachedDataset, prepare_cache
 from labcode.classes import CLASSES
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1080, help="side of the stored PNGs")
     parser.add_argument("--out-size", type=int, default=256, help="side of the training samples")
     parser.add_argument("--samples", type=int, default=48, help="samples drawn per path and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are their medians")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are their medians")
     args = parser.parse_args(argv)
 
     root = bench_dataset(args.size, args.images)
@@ -109,17 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         timers = {name: (lambda ds=ds: samples_per_second(ds, args.samples)) for name, ds in paths.items()}
         timers.update({f"floor {name}": (lambda name=name: decode_ms_per_pair(files, name, args.samples))
                        for name in decoders})
-        measured = median_of_rounds(timers, args.rounds)
-    rates = {name: measured[name] for name in paths}
-    base_ms = 1000 / next(iter(rates.values()))
+        measured = interleaved_rounds(timers, args.rounds)
+    naive = next(iter(paths))
     print(f"loader throughput, one process, {args.size}px PNGs -> {args.out_size}px samples, median of {args.rounds} "
           f"rounds of {args.samples} samples; {machine()}")
     print_table(["path", "samples/s", "ms/sample", "x naive"],
-                [[name, rate, 1000 / rate, rate / next(iter(rates.values()))] for name, rate in rates.items()])
+                [[name, statistics.median(measured[name]), 1000 / statistics.median(measured[name]),
+                  paired_ratio(measured[name], measured[naive])] for name in paths])
+    naive_ms = [1000 / rate for rate in measured[naive]]
     print("\ndecode floor: one rgb + semantic PNG pair decoded to arrays, nothing else")
     print_table(["decoder", "ms/pair", "x naive at the floor"],
-                [[images.decoder_version(name), measured[f"floor {name}"], base_ms / measured[f"floor {name}"]]
-                 for name in decoders])
+                [[images.decoder_version(name), statistics.median(measured[f"floor {name}"]),
+                  paired_ratio(naive_ms, measured[f"floor {name}"])] for name in decoders])
     print(f"\nprepare: {args.images} images cached in {prepare_s:.1f} s ({args.images / prepare_s:.1f} images/s)")
     return 0
 

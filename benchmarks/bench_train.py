@@ -22,7 +22,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from benchmarks.common import cpu_flags, machine, print_table
+from benchmarks.common import cpu_flags, machine, paired_ratio, print_table
 from labcode.engine import cpu_has_bf16_matmul
 from labcode.losses import build_loss
 from labcode.models import build_model, count_parameters
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             rates[name].append(images_per_second(step, args.batch_size, args.steps, device))
     fp32 = rates["fp32"]
     rows = [[name, statistics.median(r), 1000 * args.batch_size / statistics.median(r),
-             statistics.median(a / b for a, b in zip(r, fp32))] for name, r in rates.items()]
+             paired_ratio(r, fp32)] for name, r in rates.items()]
     print(f"training step, UNet base_chan={args.base_chan} num_blocks={args.num_blocks} "
           f"({count_parameters(models['fp32']) / 1e6:.2f} M parameters), batch {args.batch_size} at {args.img_size}px, "
           f"median of {args.rounds} rounds of {args.steps} steps; {machine()}")

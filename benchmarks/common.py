@@ -77,14 +77,19 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
     return min(times)
 
 
-def median_of_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+def interleaved_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Call every ``fns[name]()`` (each returns one measurement) ``rounds`` times, interleaved so that a busy spell of
-    a shared machine hits all of them alike, and return each one's median."""
+    a shared machine hits all of them alike; the measurements by name, in round order."""
     results: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             results[name].append(fn())
-    return {name: statistics.median(values) for name, values in results.items()}
+    return results
+
+
+def paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """Median over the rounds of ``values[i] / baseline[i]`` (a ratio taken within each round)."""
+    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
