@@ -8,7 +8,9 @@ otherwise on the CPU; ONNX Runtime runs once per execution provider given (defau
 there, CPU otherwise), with the session settings of :func:`labcode.infer.session_settings`, printed above the table.
 Each input is timed in rounds, eager and every provider in turn within a round so that a busy spell of a shared
 machine hits them alike; each latency is the median over the rounds, and each ratio the median of the per-round
-ratios. Inputs above four 1080x1080 images get ``--big-rounds`` rounds (one by default: minutes on a CPU).
+ratios. Inputs above four 1080x1080 images get ``--big-rounds`` rounds (one by default: minutes on a CPU), eager's
+first and then ONNX Runtime's (eager's buffers next to a full ONNX Runtime arena can exhaust a 24 GB machine). Each
+input gets fresh sessions, whose arenas are released after it.
 ``--threads 1`` runs both on one thread: the comparison then hardly depends on what else the machine runs (with
 more threads than free cores, eager PyTorch's OpenMP threads wait on each other far longer than ONNX Runtime's).
 """
@@ -62,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx")
-        sessions = {name: OnnxSegmenter(onnx_path, providers=PROVIDERS[name], threads=args.threads)
-                    for name in providers}
-        for name, session in sessions.items():
-            if session.providers[0] != PROVIDERS[name][0]:
-                raise SystemExit(f"onnxruntime could not start {PROVIDERS[name][0]} (got {session.providers})")
+        def open_sessions() -> dict[str, OnnxSegmenter]:
+            opened = {name: OnnxSegmenter(onnx_path, providers=PROVIDERS[name], threads=args.threads)
+                      for name in providers}
+            for name, session in opened.items():
+                if session.providers[0] != PROVIDERS[name][0]:
+                    raise SystemExit(f"onnxruntime could not start {PROVIDERS[name][0]} (got {session.providers})")
+            return opened
+
+        settings = next(iter(open_sessions().values())).settings
         model.to(device)
         for size in args.sizes:
             for batch in args.batches:
@@ -80,26 +86,34 @@ def main(argv: list[str] | None = None) -> int:
                         torch.cuda.synchronize()
                     return out
 
+                # Fresh sessions for each input: an ONNX Runtime arena keeps the memory of the largest input it saw.
+                sessions = open_sessions()
                 runs = {"eager": eager, **{name: (lambda s=s: s.logits(x)) for name, s in sessions.items()}}
-                for fn in runs.values():  # warm-up: allocations, ONNX Runtime's memory plan for this shape
-                    fn()
-                rounds = args.rounds if size * size * batch <= 4 * 1080 * 1080 else args.big_rounds
+                big = size * size * batch > 4 * 1080 * 1080
+                rounds = args.big_rounds if big else args.rounds
                 times = {name: [] for name in runs}
-                for _ in range(rounds):
+                if big:  # one after the other: eager's buffers and a full arena at once can exhaust the memory
                     for name, fn in runs.items():
-                        times[name].append(seconds(fn))
+                        fn()  # warm-up
+                        times[name] = [seconds(fn) for _ in range(rounds)]
+                else:
+                    for fn in runs.values():  # warm-up: allocations, ONNX Runtime's memory plan for this shape
+                        fn()
+                    for _ in range(rounds):
+                        for name, fn in runs.items():
+                            times[name].append(seconds(fn))
+                del sessions, runs
                 eager_s = statistics.median(times["eager"])
-                row = [f"{size}x{size}", batch, rounds, 1000 * eager_s]
-                for name in sessions:
+                row = [f"{size}x{size}", batch, rounds, 1000 * eager_s, batch / eager_s]
+                for name in providers:
                     ratio = paired_ratio(times[name], times["eager"])
                     row += [1000 * statistics.median(times[name]), batch / statistics.median(times[name]), ratio]
-                rows.append(row[:4] + [batch / eager_s] + row[4:])
-        settings = next(iter(sessions.values())).settings
+                rows.append(row)
     print(f"inference, {args.model} ({count_parameters(model) / 1e6:.2f} M parameters, options {options}), eager on "
           f"{device.type}; {machine()}")
     print("onnxruntime session settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     headers = ["input", "batch", "rounds", "eager ms", "eager img/s"]
-    for name in sessions:
+    for name in providers:
         headers += [f"ort-{name} ms", f"ort-{name} img/s", f"ort-{name}/eager latency"]
     print_table(headers, rows)
     return 0
