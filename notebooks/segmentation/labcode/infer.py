@@ -171,7 +171,9 @@ def session_settings(threads: int | None = None) -> dict[str, Any]:
     - ``intra_op_num_threads``: ``threads``, by default the physical cores (SMT siblings share one core's vector
       units);
     - ``execution_mode`` sequential and ``inter_op_num_threads`` 1: a UNet is one chain of operators;
-    - ``enable_mem_pattern`` and ``enable_cpu_mem_arena``: buffers planned once per input shape and reused;
+    - ``enable_mem_pattern`` and ``enable_cpu_mem_arena``: buffers planned once per input shape and reused. The
+      arena keeps the memory of the largest input the session saw (4.2 GB after a batch of two 1080x1080 images for
+      the 8.6 M-parameter UNet, 1.5 GB without the arena, which costs 6-9 % more time at 256x256);
     - ``allow_spinning`` on: pool threads spin between operators instead of sleeping (on a shared two-core machine a
       256x256 image took 152 ms with spinning and 184 ms without in its quiet moments; under load they were alike).
 
