@@ -1,4 +1,5 @@
-"""The GPU check, one command for a GPU machine (written for one H200 and 16 cores; under 8 minutes): ``make gpu-check``.
+"""The GPU check, one command for a GPU machine (written for one H200 and 16 cores; under 8 minutes):
+``make gpu-check``.
 
 Each step runs as a subprocess under its own time budget; a step past its budget is stopped and reported, and the
 next step still runs. Steps:
@@ -88,7 +89,8 @@ def pipeline_report(run_dir: Path) -> Callable[[str], str]:
         rows = [("device (precision), processes", device.removeprefix("device: ")),
                 ("train / valid images", f"{summary['train_images']} / {summary['valid_images']}"),
                 ("epochs x seconds", f"{summary['epochs']} x {summary['seconds_per_epoch']:.1f} s"),
-                ("best validation macro F1", f"{summary['best_valid_macro_f1']:.4f} (epoch {summary['best_epoch'] + 1})"),
+                ("best validation macro F1",
+                 f"{summary['best_valid_macro_f1']:.4f} (epoch {summary['best_epoch'] + 1})"),
                 (f"held-out {'+'.join(summary['test_areas'])} macro F1", f"{summary['test_macro_f1']:.4f}"),
                 (f"held-out {'+'.join(summary['test_areas'])} mIoU", f"{summary['test_miou']:.4f}"),
                 ("ONNX parity (max abs diff)", ", ".join(f"{k} {v:.1e}" for k, v in summary["parity"].items())),
@@ -119,7 +121,8 @@ print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.bac
 print("onnxruntime", ort.__version__, "providers", ort.get_available_providers())
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
-    print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, bf16 {torch.cuda.is_bf16_supported()}")
+    print(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, "
+          f"bf16 {torch.cuda.is_bf16_supported()}")
 if shutil.which("nvidia-smi"):
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip())
@@ -204,7 +207,8 @@ def write_markdown(path: Path, header: str, steps: list[Step], outcomes: dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "runs" / "gpu-check"), help="output folder")
-    parser.add_argument("--dry-run", action="store_true", help="list the steps, their commands and budgets; run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the steps, their commands and budgets; run nothing")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -219,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, step in enumerate(steps, 1):
             extra = " ".join(f"{k}={shlex.quote(v)}" for k, v in step.env.items())
             print(f"{i}. {step.title} [budget {step.budget_s} s]{' - ' + step.note if step.note else ''}")
-            print(f"   {extra + ' ' if extra else ''}{shlex.join(step.command) if step.name != 'environment' else 'python -c <versions and devices>'}")
+            command = shlex.join(step.command) if step.name != "environment" else "python -c <versions and devices>"
+            print(f"   {extra + ' ' if extra else ''}{command}")
         return 0
     if not gpus:
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"

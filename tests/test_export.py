@@ -134,13 +134,17 @@ def test_export_folds_the_up_blocks_and_only_them(tmp_path: Path) -> None:
     ops = {name: {node.op_type for node in onnx.load(str(p)).graph.node} for name, p in
            (("folded", folded), ("plain", plain))}
     assert "Resize" in ops["plain"] and "Resize" not in ops["folded"] and "DepthToSpace" in ops["folded"]
+    notes = {path.name: {m.key: m.value for m in onnx.load(str(path)).metadata_props}.get("upsampling")
+             for path in (folded, plain)}
+    assert notes["plain.onnx"] is None and notes["folded.onnx"].startswith("3 nearest x2 upsampling + 3x3 Conv pairs")
     for path in (folded, plain):
         assert max(check_onnx_parity(model, path, sizes=[(64, 64), (45, 77), (17, 30)]).values()) < 1e-4
     assert all(p.requires_grad for p in model.parameters())  # the caller's model is untouched
     assert not any(isinstance(m, NearestUpsampleConv) for m in model.modules())
-    others = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.Conv2d(3, 3, 3, padding=1),
-                                 torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 3, 3, padding=1, stride=2),
-                                 torch.nn.Upsample(scale_factor=3), torch.nn.Conv2d(3, 3, 3, padding=1))
+    others = torch.nn.Sequential(
+        torch.nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.Conv2d(3, 3, 3, padding=1),
+        torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 3, 3, padding=1, stride=2),
+        torch.nn.Upsample(scale_factor=3), torch.nn.Conv2d(3, 3, 3, padding=1))
     wrapper = torch.nn.Module()
     wrapper.body = others
     assert fold_nearest_upsampling(wrapper) == 0 and wrapper.body is others
