@@ -173,8 +173,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _cpu_eval_copy(model)
-    if fold_upsampling:
-        fold_nearest_upsampling(model)
+    folded = fold_nearest_upsampling(model) if fold_upsampling else 0
     example = torch.randn(2, 3, *example_size)
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -195,6 +194,8 @@ def export_onnx(
             raise ExportError(f"cannot export the model to {path}: {type(exc2).__name__}: {exc2}") from exc2
     _add_metadata(path, {"classes": json.dumps(list(CLASSES)), "mean": json.dumps(list(MEAN)),
                          "std": json.dumps(list(STD)), "input": "RGB, (x / 255 - mean) / std, NCHW float32",
+                         **({"upsampling": f"{folded} nearest x2 upsampling + 3x3 Conv pairs exported as four 2x2 "
+                             "Conv phases + DepthToSpace (labcode.export.NearestUpsampleConv)"} if folded else {}),
                          **(metadata or {})})
     return path
 
