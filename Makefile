@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export ORT_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup lab test test-fast release book figures bench bench-grading grade grading-env clean
+.PHONY: setup lab test test-fast release book figures bench bench-grading gpu-check grade grading-env clean
 
 setup:
 	bash scripts/setup.sh
@@ -48,6 +48,12 @@ grading-env:
 ## The whole grading loop: collect, autograde (sandboxed, parallel), feedback, export grades.csv.
 grade: grading-env
 	$(VENV)/python -m tools.grading run
+
+## On a GPU machine (one H200, 16 cores: under 8 minutes): GPU tests, AMP training rows, a short mixed-precision
+## training scored on 5a+5b, ONNX Runtime CUDA vs CPU, torchrun; tables in runs/gpu-check/gpu_check.md.
+## `python scripts/gpu_check.py --dry-run` lists the steps without a GPU.
+gpu-check: setup
+	$(VENV)/python scripts/gpu_check.py
 
 clean:
 	rm -rf book/_build runs .pytest_cache grading

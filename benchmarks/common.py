@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +13,46 @@ import labcode  # noqa: F401  (environment variables first)
 import torch
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def machine() -> str:
-    """One line describing where the numbers were measured."""
+    """One line describing where the numbers were measured: CPU, cores, AMX, GPU, library versions."""
+    from labcode.engine import cpu_has_bf16_matmul
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+    amx = "AMX" if cpu_has_bf16_matmul() else "no AMX" + (" (avx512_bf16)" if "avx512_bf16" in cpu_flags() else "")
+    versions = f"torch {torch.__version__}"
+    try:
+        import onnxruntime
+
+        versions += f", onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        pass
+    return f"{cpu_model()}, {cores} cores, {amx}, {torch.get_num_threads()} torch threads, {gpu}; {versions}"
 
 
 def bench_dataset(size: int = 1080, images: int = 24) -> Path:
@@ -37,6 +75,21 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def interleaved_rounds(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Call every ``fns[name]()`` (each returns one measurement) ``rounds`` times, interleaved so that a busy spell of
+    a shared machine hits all of them alike; the measurements by name, in round order."""
+    results: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            results[name].append(fn())
+    return results
+
+
+def paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """Median over the rounds of ``values[i] / baseline[i]`` (a ratio taken within each round)."""
+    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:

@@ -1,4 +1,5 @@
-"""Stanford 2D-3D-S on disk: the semantic label table, the PNG decoders, ``StanfordDataset`` and the data loaders.
+"""Stanford 2D-3D-S on disk: the semantic label table, the image readers (decoding itself is in
+:mod:`labcode.images`), ``StanfordDataset`` and the data loaders.
 
 On-disk layout (the real data set and the generated one share it)::
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from labcode import images
 from labcode.classes import CLASSES, NUM_CLASSES, UNKNOWN_LABEL
 from labcode.errors import DatasetError
 
@@ -81,8 +83,8 @@ def load_label_lut(json_path: str | Path) -> np.ndarray:
 def decode_semantic(semantic_bgr: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Turn a semantic PNG as loaded by OpenCV (BGR order) into class indices.
 
-    The three bytes are packed into one ``uint32`` code by viewing a BGRA copy as little-endian integers, clamped to
-    the table's last (``<UNK>``) entry, then looked up: no per-pixel Python and a single 4-byte temporary.
+    The three bytes are packed into one ``uint32`` code (:func:`labcode.images.pack_codes`), then looked up with
+    :func:`classes_of_codes`: no per-pixel Python and a single 4-byte temporary.
 
     Args:
         semantic_bgr: ``uint8`` array (H, W, 3) in OpenCV's BGR order.
@@ -91,45 +93,29 @@ def decode_semantic(semantic_bgr: np.ndarray, lut: np.ndarray) -> np.ndarray:
     Returns:
         ``uint8`` array (H, W) of class indices.
     """
-    bgra = cv2.cvtColor(semantic_bgr, cv2.COLOR_BGR2BGRA)  # alpha byte = 255, masked away below
-    code = bgra.view(np.uint32)[..., 0]
-    if not np.little_endian:
-        code = code.byteswap()
-    np.bitwise_and(code, 0x00FFFFFF, out=code)
-    np.minimum(code, len(lut) - 1, out=code)
-    return lut[code]
+    return classes_of_codes(images.pack_codes(semantic_bgr), lut)
 
 
-def _imread(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(f"image file not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DatasetError(f"cannot decode image file {path} (not a readable PNG/JPEG)")
-    if image.dtype == np.uint16:  # 16-bit PNGs: keep the 8 most significant bits
-        image = (image >> 8).astype(np.uint8)
-    return image
+def classes_of_codes(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Look ``uint32`` codes ``R * 65536 + G * 256 + B`` up in ``lut``; codes past its end give its last (``<UNK>``)
+    entry (``np.take`` with ``mode="clip"`` clamps and looks up in one pass)."""
+    return np.take(lut, codes, mode="clip")
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read a colour image as ``uint8`` RGB (H, W, 3); grayscale and RGBA inputs are converted."""
-    image = _imread(Path(path))
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def read_rgb(path: str | Path, decoder: str | None = None) -> np.ndarray:
+    """Read a colour image as ``uint8`` RGB (H, W, 3); grayscale, RGBA and 16-bit inputs are converted.
+
+    Decoding is :func:`labcode.images.read_rgb` (the fastest installed PNG decoder unless ``decoder`` names one).
+    """
+    return images.read_rgb(path, decoder)
 
 
-def read_semantic(path: str | Path, lut: np.ndarray) -> np.ndarray:
-    """Read a semantic PNG and decode it to ``uint8`` class indices (H, W)."""
-    image = _imread(Path(path))
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return decode_semantic(image, lut)
+def read_semantic(path: str | Path, lut: np.ndarray, decoder: str | None = None) -> np.ndarray:
+    """Read a semantic PNG and decode it to ``uint8`` class indices (H, W).
+
+    The file is decoded straight to packed codes (:func:`labcode.images.read_codes`), then looked up in ``lut``.
+    """
+    return classes_of_codes(images.read_codes(path, decoder), lut)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the instructor repository. Idempotent: a second run only checks (a stamp per requirements hash).
 #
-#   bash scripts/setup.sh              # .venv: the pinned stack and labcode (editable)
+#   bash scripts/setup.sh              # .venv: the pinned stack and labcode (editable); requirements-optional.txt
+#                                      # (the Wuffs PNG decoder, built from source) when it builds
 #   bash scripts/setup.sh --grading    # also .venv-grading: the notebooks' stack WITHOUT labcode, where submissions
 #                                      # are graded (their own labcode/ copy is the only one they can import)
 #   bash scripts/setup.sh --system     # also Debian's tools of the tests, when root with apt-get: chromium and
@@ -22,12 +23,18 @@ done
 
 quiet_pip() { "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true; }
 
-stamp=.venv/.installed-$(cat requirements.txt requirements-student.txt pyproject.toml | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$(cat requirements.txt requirements-student.txt requirements-optional.txt pyproject.toml \
+    | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-    echo "installing the Python stack into .venv (about 75 s on a fresh machine)..."
+    echo "installing the Python stack into .venv (about 75 s on a fresh machine, plus about 40 s the first time to" \
+         "build the Wuffs PNG decoder)..."
     quiet_pip .venv/bin/python -m pip install --quiet --upgrade pip
     quiet_pip .venv/bin/python -m pip install --quiet -r requirements.txt
+    if ! .venv/bin/python -m pip install --quiet -r requirements-optional.txt >.venv/optional-install.log 2>&1; then
+        echo "setup: the optional Wuffs PNG decoder did not build (see .venv/optional-install.log);" \
+             "labcode decodes PNGs with libspng or OpenCV instead" >&2
+    fi
     quiet_pip .venv/bin/python -m pip install --quiet --no-deps -e .
     .venv/bin/python -c "import labcode, torch, albumentations, onnxruntime, nbgrader" \
         || { echo "setup: the Python stack did not install" >&2; exit 1; }

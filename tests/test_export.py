@@ -130,3 +130,42 @@ def test_export_refuses_class_names_that_do_not_match_the_outputs(tmp_path: Path
     err = capsys.readouterr().err
     assert err.startswith("error: the model outputs 5 classes but the class list has 14") and err.count("\n") == 1
     assert not (tmp_path / "five.onnx").exists()
+
+
+@pytest.mark.parametrize("bias, relu", [(True, True), (False, False)])
+def test_nearest_upsample_conv_is_upsample_then_conv(bias: bool, relu: bool) -> None:
+    from labcode.export import NearestUpsampleConv
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1, bias=bias)
+    reference = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2), conv, *([torch.nn.ReLU()] if relu else []))
+    x = torch.randn(2, 5, 9, 13)
+    with torch.no_grad():
+        got, want = NearestUpsampleConv(conv, relu=relu)(x), reference(x)
+    assert got.shape == want.shape == (2, 7, 18, 26)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_export_folds_the_up_blocks_and_only_them(tmp_path: Path) -> None:
+    from labcode.export import NearestUpsampleConv, fold_nearest_upsampling
+
+    model = tiny_unet(seed=3, num_blocks=3)
+    folded = export_onnx(model, tmp_path / "folded.onnx")
+    plain = export_onnx(model, tmp_path / "plain.onnx", fold_upsampling=False)
+    ops = {name: {node.op_type for node in onnx.load(str(p)).graph.node} for name, p in
+           (("folded", folded), ("plain", plain))}
+    assert "Resize" in ops["plain"] and "Resize" not in ops["folded"] and "DepthToSpace" in ops["folded"]
+    notes = {path.name: {m.key: m.value for m in onnx.load(str(path)).metadata_props}.get("upsampling")
+             for path in (folded, plain)}
+    assert notes["plain.onnx"] is None and notes["folded.onnx"].startswith("3 nearest x2 upsampling + 3x3 Conv pairs")
+    for path in (folded, plain):
+        assert max(check_onnx_parity(model, path, sizes=[(64, 64), (45, 77), (17, 30)]).values()) < 1e-4
+    assert all(p.requires_grad for p in model.parameters())  # the caller's model is untouched
+    assert not any(isinstance(m, NearestUpsampleConv) for m in model.modules())
+    others = torch.nn.Sequential(
+        torch.nn.Upsample(scale_factor=2, mode="bilinear"), torch.nn.Conv2d(3, 3, 3, padding=1),
+        torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(3, 3, 3, padding=1, stride=2),
+        torch.nn.Upsample(scale_factor=3), torch.nn.Conv2d(3, 3, 3, padding=1))
+    wrapper = torch.nn.Module()
+    wrapper.body = others
+    assert fold_nearest_upsampling(wrapper) == 0 and wrapper.body is others

@@ -214,3 +214,25 @@ def test_test_command_refuses_a_model_with_another_number_of_classes(five_class_
             assert status == 2 and err.count("\n") == 1, err
             assert err.startswith(f"error: model {path} outputs 5 classes but the course's class list has 14"), err
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("photo_*"))
+
+
+def test_onnx_sessions_use_the_settings_they_report(model_files) -> None:
+    import os
+
+    import onnxruntime as ort
+
+    from labcode.infer import physical_cores, session_settings
+
+    _, onnx_path, _ = model_files
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+    default = OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"])
+    assert default.settings == session_settings() and default.settings["intra_op_num_threads"] == physical_cores()
+    one = OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"], threads=1)
+    used = one.session.get_session_options()
+    assert used.intra_op_num_threads == 1 and used.inter_op_num_threads == 1
+    assert used.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert used.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert used.enable_mem_pattern and used.enable_cpu_mem_arena
+    assert used.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    image = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    assert np.array_equal(one.predict(image), default.predict(image))
