@@ -107,7 +107,10 @@ def test_pipeline_tests_the_reference_model_without_training_again(synth_root: P
     assert pipeline.main(args) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "runs" / "pipeline" / "pipeline.json").read_text())
-    assert summary["reference"] and summary["onnx"] == made["model"] and "reference model found" in out
+    assert summary["reference"] and summary["reference_model"] == made["model"] and "reference model found" in out
+    run = tmp_path / "runs" / "pipeline"
+    assert summary["onnx"] == str(run / "best.onnx") and (run / "best.pt").is_file()
+    assert (run / "best.onnx").read_bytes() == Path(made["model"]).read_bytes()
     assert Path(made["model"]).stat().st_mtime_ns == stamp  # found, not trained again
     metrics = json.loads(Path(summary["test_metrics"]).read_text())
     assert metrics["areas"] == ["5a", "5b"] and metrics["images"] == 8

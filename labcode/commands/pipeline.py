@@ -8,7 +8,8 @@ paths printed at the end. On a GPU, raise ``--epochs`` and ``--img-size``.
 
 With ``--reference`` (what ``make lab`` runs) the model is the course's reference model instead of a new run: it is
 trained into the reference folder when missing (exactly as ``python -m labcode reference``; ``--retrain`` trains it
-again) and then tested; the training options do not apply.
+again), copied into ``<logdir>/<name>/`` (``best.onnx``, ``best.pt``) and tested there; the training options do not
+apply.
 
 Protocol: the validation images, which pick the best epoch, are about ``--valid-ratio`` of the training areas'
 images taken whole rooms at a time, so no validation image shows a room seen in training; the test areas (5a and 5b)
@@ -166,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     if trained is None:
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    reference_model = None
+    if args.reference:  # a copy beside the results, where a training run of the pipeline leaves its model
+        reference_model = trained["onnx"]
+        for name in ("best.onnx", "best.pt"):
+            shutil.copy2(Path(reference_model).with_name(name), out / name)
+        trained["onnx"] = str(out / "best.onnx")
     test_images = StanfordDataset(datadir, areas=args.areas_test)
     epoch_time = sum(trained["epoch_times"]) / max(1, len(trained["epoch_times"]))
     print(f"      best validation macro F1 {trained['best_macro_f1']:.4f} at epoch {trained['best_epoch'] + 1}, "
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_dir": str(out),
         "datadir": str(datadir),
         "reference": args.reference,
+        "reference_model": reference_model,
         "device": trained["device"],
         "train_images": trained["train_size"],
         "valid_images": trained["valid_size"],
