@@ -46,8 +46,8 @@ PROTOCOL = ("training on areas 1, 2, 3, 4 and 6; validation (the choice of the b
             "images, whole rooms that training never sees; areas 5a and 5b only for the final test, never for a "
             "choice")
 
-#: :class:`labcode.train.TrainConfig` fields of the CPU recipe: a small UNet at 128 px for 16 epochs, with the
-#: class-weighted cross-entropy; about 4 minutes in float32 on two cores.
+#: :class:`labcode.train.TrainConfig` fields of the CPU recipe: a small UNet at 128 px for 12 epochs, with the
+#: class-weighted cross-entropy (``python -m benchmarks.bench_cpu_recipe`` times and scores it).
 CPU_RECIPE: dict[str, Any] = {
     "areas_train": list(TRAIN_AREAS),
     "areas_valid": None,
@@ -59,7 +59,7 @@ CPU_RECIPE: dict[str, Any] = {
     "img_size": 128,
     "batch_size": 8,
     "num_workers": 2,
-    "epochs": 16,
+    "epochs": 12,
     "lr": 3e-3,
     "weight_decay": 1e-4,
     "warmup_ratio": 0.05,

@@ -1,6 +1,6 @@
 """``python -m labcode pipeline``: the whole lab in one command, on the offline data set.
 
-Trains a UNet with the CPU recipe (the one of ``python -m labcode reference``, about 4 minutes on two cores) on areas
+Trains a UNet with the CPU recipe (the one of ``python -m labcode reference``, about 3 minutes on two idle cores) on areas
 1, 2, 3, 4 and 6, exports the best model to ONNX, tests it on areas 5a and 5b, segments one of their images, and
 writes everything under ``<logdir>/<name>/``: the training run (TensorBoard events, checkpoints, ``best.onnx``),
 ``test_metrics.json``, ``inference.png`` (with ``inference_mask.png``) and ``pipeline.json`` with the numbers and
@@ -226,5 +226,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  test {'+'.join(args.areas_test):<7} macro F1 {tested['macro_f1']:.4f}, mIoU {tested['miou']:.4f} "
           f"({metrics_path})")
     print(f"  inference    {segmented['figure']}")
-    print(f"  TensorBoard  tensorboard --logdir {Path(trained['onnx']).parent if args.reference else args.logdir}")
+    print(f"  TensorBoard  tensorboard --logdir {Path(reference_model).parent if args.reference else args.logdir}")
     return 0

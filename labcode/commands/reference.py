@@ -2,7 +2,7 @@
 
 The handout provides a UNet trained on areas 1, 2, 3, 4 and 6 to evaluate on those areas and on 5a and 5b; this
 command makes the course's own, on the generated data set, with the CPU recipe of ``labcode.reference`` (a UNet of
-16 base channels and 3 blocks at 128 px, 16 epochs: about 4 minutes on two cores in float32). It writes the run
+16 base channels and 3 blocks at 128 px, 12 epochs: about 3 minutes on two idle cores in float32). It writes the run
 (``best.onnx``, ``best.pt``, TensorBoard events) and ``reference.json`` (scores on the training areas, on 5a, on 5b
 and on both) into the reference folder, next to the generated data set, where notebooks 5 and 6 and the book's
 figures look for it (``$LABCODE_REFERENCE_MODEL`` points them at another model). An existing reference is kept
