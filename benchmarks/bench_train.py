@@ -1,6 +1,7 @@
 """Training-step throughput of the UNet at 256x256 (images/s): fp32, channels_last and bf16 autocast (on CUDA also
-fp16 with a gradient scaler). On a CPU without bfloat16 matrix units (AMX) the bf16 row is emulated, hence slow, and
-``labcode`` trains in fp32 there (:func:`labcode.engine.cpu_has_bf16_matmul`).
+fp16 with a gradient scaler). On a CPU without bfloat16 matrix units (AMX) ``labcode`` trains in fp32
+(:func:`labcode.engine.cpu_has_bf16_matmul`); the bf16 rows then show what autocast would give there: emulated and slow
+without any bfloat16 instruction, sometimes faster than fp32 with AVX-512 BF16 (AMD Zen 4, for instance).
 
     python -m benchmarks.bench_train [--batch-size 8 --base-chan 32 --num-blocks 4 --steps 5]
     python -m benchmarks.bench_train --img-size 128 --base-chan 16 --num-blocks 3   # the pipeline's CPU model
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         settings += [("bf16 autocast channels_last", torch.bfloat16, True),
                      ("fp16 autocast + GradScaler channels_last", torch.float16, True)]
     else:
-        hardware = "AMX" if cpu_has_bf16_matmul() else "no AMX: emulated"
+        hardware = "AMX" if cpu_has_bf16_matmul() else "no AMX"
         settings += [(f"bf16 autocast ({hardware})", torch.bfloat16, False),
                      (f"bf16 autocast channels_last ({hardware})", torch.bfloat16, True)]
     generator = torch.Generator().manual_seed(0)
