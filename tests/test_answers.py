@@ -261,7 +261,10 @@ def test_visible_cells_and_chapters_hold_no_autograded_answer():
     for stem in sorted({answer["stem"] for answer in answers.values()}):
         mine = {grade_id: answer for grade_id, answer in answers.items() if answer["stem"] == stem}
         problems += leaks(visible_texts(stem), mine)
+    # The student copy of the library, and the repository's pages a student can read (the hub clones it).
     library = {str(p.relative_to(RELEASE)): p.read_text() for p in (RELEASE / "labcode").rglob("*.py")}
+    library |= {str(p.relative_to(REPO)): p.read_text() for p in [REPO / "README.md", *sorted((REPO / "book").rglob("*.md"))]
+                if "_build" not in p.parts}
     problems += leaks(library, {grade_id: {**answer, "values": [] if answer.get("data") else answer["values"]}
                                 for grade_id, answer in answers.items()})
     assert not problems, "answers visible to students:\n" + "\n".join(problems)

@@ -197,7 +197,7 @@ class _AlwaysWall(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path: Path, capsys):
+def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path: Path, capsys, monkeypatch):
     from labcode.classes import AREAS
     from labcode.export import export_onnx
 
@@ -216,6 +216,15 @@ def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path
     table = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in lines}
     assert all(table[area] == "4" for area in AREAS)  # the fixture has 4 images per area
     assert table["**total**"] == f"**{4 * len(AREAS)}**"
+
+    # The class histogram counts every image by default, and its title says how many it counted.
+    titles = []
+    monkeypatch.setattr(make_figures, "save", lambda fig, path: titles.append(fig.axes[0].get_title()) or path)
+    make_figures.histogram_figure(synth_root, out, max_images=None)
+    make_figures.histogram_figure(synth_root, out, max_images=10)
+    total = 4 * len(AREAS)
+    assert titles == [f"class frequencies over all {total} images of the data set",
+                      f"class frequencies over 10 of the {total} images of the data set"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -425,6 +434,28 @@ def test_no_solution_line_reaches_the_site(site: Path):
              for stem, lines in secret_lines().items() for line in sorted(lines)
              for rel, text in texts.items() if line in text]
     assert not leaks, "solution or hidden-test lines found in the site:\n" + "\n".join(leaks[:30])
+
+
+@pytest.mark.slow
+def test_no_autograded_answer_reaches_the_site(site: Path):
+    from tests.test_answers import autograded_answers, leaks, notebook_questions
+
+    texts = _site_texts(site)
+    chapters_of = {stem: {Path(chapter).stem for number, (_, s, _) in notebook_questions().items() if s == stem
+                          for chapter in [_chapter_of(number)]} for stem in {s for _, s, _ in notebook_questions().values()}}
+    problems = []
+    for grade_id, answer in autograded_answers().items():
+        pages = {rel: text for rel, text in texts.items()
+                 if not answer.get("data") or answer["stem"] in rel or any(f"chapters/{c}." in rel
+                                                                             for c in chapters_of[answer["stem"]])}
+        problems += leaks(pages, {grade_id: answer})
+    assert not problems, "answers on the site:\n" + "\n".join(problems)
+
+
+def _chapter_of(number: str) -> str:
+    from tests.test_answers import book_questions
+
+    return book_questions()[number][1]
 
 
 # --------------------------------------------------------------------------------------------------------------------
