@@ -303,3 +303,11 @@ def test_relabelled_codes_of_a_data_set_the_generator_did_not_make(small, tmp_pa
     manifest = json.loads((small / "assets" / "synth.json").read_text())
     (copy / "assets" / "synth.json").write_text(json.dumps({**manifest, "seed": manifest["seed"] + 1}))
     assert synth.relabelled_codes(copy) is None  # the plan does not give this label list
+
+
+def test_default_data_set_has_several_rooms_in_every_area():
+    """The validation split holds out whole rooms: every area of the default data set must have several."""
+    for area, count in synth.DEFAULT_SYNTH.images_per_area:
+        rooms = synth.plan_area(synth.DEFAULT_SYNTH.seed, area, count)
+        assert sum(len(room.shots) for room in rooms) == count
+        assert len(rooms) >= 5, f"area {area}: only {len(rooms)} rooms"
