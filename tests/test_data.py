@@ -214,3 +214,28 @@ def test_test_loader_keeps_native_resolution(synth_root):
     loader = get_test_dataloader(synth_root, ["5b"], num_workers=0)
     images, masks = next(iter(loader))
     assert images.shape == (1, 3, 64, 64) and masks.shape == (1, 64, 64)
+
+
+def test_loaders_load_in_the_main_process_where_workers_cannot_start(synth_root, monkeypatch, caplog):
+    import multiprocessing
+
+    from labcode import data
+
+    class NoSemaphores:
+        def Lock(self):  # what multiprocessing raises in a sandbox without a writable /dev/shm
+            raise PermissionError(13, "Permission denied")
+
+    data.worker_processes_possible.cache_clear()
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *args: NoSemaphores())
+    try:
+        train, valid = get_dataloaders(synth_root, ["1", "2"], ["5a"], img_size=32, batch_size=2, num_workers=2)
+        assert train.num_workers == 0 and valid.num_workers == 0
+        assert "loading in the main process" in caplog.text
+        images, masks = next(iter(train))
+        assert images.shape == (2, 3, 32, 32)
+    finally:
+        data.worker_processes_possible.cache_clear()
+    monkeypatch.undo()
+    assert data.worker_processes_possible()  # this machine can
+    train, _ = get_dataloaders(synth_root, ["1"], ["5a"], img_size=32, batch_size=2, num_workers=2)
+    assert train.num_workers == 2
