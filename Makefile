@@ -6,14 +6,19 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export ORT_DISABLE_TELEMETRY := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup lab test test-fast release book figures bench bench-grading gpu-check grade grading-env clean
+.PHONY: setup lab reference test test-fast release book figures bench bench-grading gpu-check grade grading-env clean
 
 setup:
 	bash scripts/setup.sh
 
-## The main job: the whole lab pipeline on the built-in offline data set (train, export, test, infer).
+## The main job: the whole lab pipeline on the built-in offline data set: the reference model (trained with the CPU
+## recipe when missing), its test on areas 5a and 5b, one segmented photo.
 lab: setup
-	$(VENV)/python -m labcode pipeline
+	$(VENV)/python -m labcode pipeline --reference
+
+## The course's reference model alone (into the data home, next to the generated data set; kept if present).
+reference: setup
+	$(VENV)/python -m labcode reference
 
 ## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first).
 test:
@@ -27,9 +32,9 @@ test-fast: setup
 release: setup
 	$(VENV)/python tools/release.py
 
-## Figures of the book, then the book itself.
+## Figures of the book (the prediction figure uses the reference model when it exists), then the book itself.
 figures: setup
-	$(VENV)/python tools/make_figures.py $(if $(wildcard runs/pipeline/best.onnx),--model runs/pipeline/best.onnx)
+	$(VENV)/python tools/make_figures.py
 
 book: figures
 	$(VENV)/jupyter-book build book -W -n --keep-going

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("labcode.commands.test", "evaluate a model on areas, or segment a single photo"),
     "view": ("labcode.commands.view", "open an ONNX graph in netron"),
     "slurm": ("labcode.commands.slurm", "write (and submit) a SLURM batch script for a training run"),
+    "reference": ("labcode.commands.reference", "train and score the course's reference model (CPU recipe)"),
     "pipeline": ("labcode.commands.pipeline", "the whole lab on the offline data set: train, export, test, infer"),
     "serve": ("labcode.commands.serve", "serve an ONNX model behind a web API and page"),
     "check": ("labcode.check", "check your exercises with readable diagnostics"),

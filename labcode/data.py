@@ -14,8 +14,12 @@ data and, like any index past the end of the list, decodes to ``<UNK>``.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import multiprocessing
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from labcode import images
 from labcode.classes import CLASSES, NUM_CLASSES, UNKNOWN_LABEL
 from labcode.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 # OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the main process used it can
 # hang forever. Decoding runs in the loader workers anyway (one process per core), so OpenCV stays single-threaded.
@@ -297,10 +303,24 @@ def default_num_workers() -> int:
     return max(1, min(8, cores))
 
 
+@functools.lru_cache(maxsize=1)
+def worker_processes_possible() -> bool:
+    """Whether this process can start data loader workers. They need POSIX semaphores, which some sandboxes and
+    containers refuse (no writable ``/dev/shm``): the course's grading sandbox, for one."""
+    try:
+        multiprocessing.get_context().Lock()
+    except OSError:  # PermissionError, or no semaphore implementation at all
+        return False
+    return True
+
+
 def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int | None, seed: int, drop_last: bool = False,
             sampler=None, pin_memory: bool | None = None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     num_workers = default_num_workers() if num_workers is None else num_workers
+    if num_workers > 0 and not worker_processes_possible():
+        logger.warning("no worker processes possible here (no POSIX semaphores): loading in the main process")
+        num_workers = 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -314,13 +334,59 @@ def _loader(dataset, *, batch_size: int, shuffle: bool, num_workers: int | None,
     )
 
 
-def split_indices(n: int, valid_ratio: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded random split of ``range(n)`` into (train, valid) index lists; both non-empty when ``n >= 2``."""
+#: The room of a view in a 2D-3D-S file name: ``camera_<hex>_<roomType>_<roomNum>_frame_<k>_domain_...``.
+_ROOM_IN_NAME = re.compile(r"^camera_[0-9A-Za-z]+_(.+?)_frame_\d+_domain_")
+
+
+def room_of(sample: Sample) -> tuple[str, str]:
+    """``(area, room)`` of a sample, the room read from its file name (``office_12``).
+
+    A file whose name does not follow the 2D-3D-S pattern is its own room (its file name without the suffix).
+    """
+    match = _ROOM_IN_NAME.match(sample.rgb.name)
+    return sample.area, match[1] if match else sample.rgb.name.removesuffix(RGB_SUFFIX)
+
+
+def split_by_room(samples: Sequence[Sample], valid_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded room-disjoint split of ``samples`` into (train, valid) index lists.
+
+    Every room goes whole to one side, so that no validation image shows a room the model was trained on (frames of
+    one room share walls, furniture and lighting: a random split of images would let validation reward memorising
+    them). In each area, rooms are drawn in a seeded random order and go to validation while they bring the area's
+    validation images closer to ``valid_ratio`` of its images; each area keeps at least one room for training. If no
+    area gave a room (tiny areas), the smallest room of an area with several rooms, else of any area, is held out.
+
+    Raises:
+        ValueError: ``valid_ratio`` outside (0, 1).
+        DatasetError: fewer than two rooms in all, so no room-disjoint split exists.
+    """
     if not 0.0 < valid_ratio < 1.0:
         raise ValueError(f"valid_ratio must be in (0, 1), got {valid_ratio}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_valid = min(max(1, round(n * valid_ratio)), n - 1)
-    return sorted(order[n_valid:]), sorted(order[:n_valid])
+    rooms: dict[tuple[str, str], list[int]] = {}
+    for index, sample in enumerate(samples):
+        rooms.setdefault(room_of(sample), []).append(index)
+    if len(rooms) < 2:
+        raise DatasetError(f"a room-disjoint validation split needs at least two rooms, but the training images show "
+                           f"only {', '.join('/'.join(key) for key in rooms) or 'none'}; give validation areas instead")
+    rng = np.random.default_rng(seed)
+    by_area: dict[str, list[tuple[str, str]]] = {}
+    for key in sorted(rooms):
+        by_area.setdefault(key[0], []).append(key)
+    held_out: list[tuple[str, str]] = []
+    for keys in by_area.values():
+        target = valid_ratio * sum(len(rooms[key]) for key in keys)
+        taken = 0
+        for position in rng.permutation(len(keys))[: len(keys) - 1]:  # one room at least stays for training
+            size = len(rooms[keys[position]])
+            if abs(taken + size - target) < abs(taken - target):
+                held_out.append(keys[position])
+                taken += size
+    if not held_out:
+        several = [key for keys in by_area.values() if len(keys) > 1 for key in keys]
+        held_out = [min(several or sorted(rooms), key=lambda key: (len(rooms[key]), key))]
+    valid = sorted(index for key in held_out for index in rooms[key])
+    chosen = set(valid)
+    return [index for index in range(len(samples)) if index not in chosen], valid
 
 
 def get_dataloaders(
@@ -340,14 +406,15 @@ def get_dataloaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders.
 
-    Training uses ``areas_train``; validation uses ``areas_valid`` or, when it is empty, a seeded random
-    ``valid_ratio`` split of the training areas.
+    Training uses ``areas_train``; validation uses ``areas_valid`` or, when it is empty, about ``valid_ratio`` of
+    the training areas' images, whole rooms at a time (:func:`split_by_room`): no validation image shows a room seen
+    in training.
 
     Args:
         datadir: data set root.
         areas_train: training areas (all areas when ``None``).
-        areas_valid: validation areas, or ``None`` for a random split.
-        valid_ratio: fraction of the training images held out when ``areas_valid`` is empty.
+        areas_valid: validation areas, or ``None`` for a room-disjoint split of the training areas.
+        valid_ratio: share of the training images held out (whole rooms) when ``areas_valid`` is empty.
         img_size: side of the square training/validation images.
         batch_size: images per batch.
         num_workers: loader worker processes (default: one per core, at most 8).
@@ -376,7 +443,7 @@ def get_dataloaders(
         train_set, valid_set = open_areas(train_tf, areas_train), open_areas(eval_tf, areas_valid)
     else:
         full_train, full_valid = open_areas(train_tf, areas_train), open_areas(eval_tf, areas_train)
-        train_idx, valid_idx = split_indices(len(full_train), valid_ratio, seed)
+        train_idx, valid_idx = split_by_room(full_train.files, valid_ratio, seed)
         train_set, valid_set = Subset(full_train, train_idx), Subset(full_valid, valid_idx)
     sampler = None
     if distributed:

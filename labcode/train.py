@@ -49,11 +49,13 @@ from labcode.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_
 from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.engine import amp_setup, evaluate, nan_to_none, train_one_epoch
 from labcode.errors import LabError
+from labcode.reference import TEST_AREAS, TRAIN_AREAS
 
 logger = logging.getLogger(__name__)
 
-#: Areas the course trains on by default; 5a and 5b are kept for testing, as for the course's pretrained model.
-DEFAULT_TRAIN_AREAS: tuple[str, ...] = ("1", "2", "3", "4", "6")
+#: Areas the course trains on by default; 5a and 5b (``TEST_AREAS``) are kept for testing, as for the course's
+#: reference model: they measure a final model and must not choose it.
+DEFAULT_TRAIN_AREAS: tuple[str, ...] = TRAIN_AREAS
 
 
 @dataclass
@@ -63,7 +65,9 @@ class TrainConfig:
     Args:
         datadir: data set root; ``None`` uses :func:`labcode.data.default_datadir` (the generated data set).
         areas_train: training areas.
-        areas_valid: validation areas; empty or ``None`` holds out ``valid_ratio`` of the training images.
+        areas_valid: validation areas; empty or ``None`` holds out about ``valid_ratio`` of the training images,
+            whole rooms at a time (:func:`labcode.data.split_by_room`), so that no validation image shows a room
+            seen in training. The validation images choose the best epoch: never give the test areas here.
         model, model_options: a name of :data:`labcode.models.MODELS` and its keyword options.
         loss, loss_options: a name of :data:`labcode.losses.LOSSES` and its keyword options.
         class_weights: ``"none"`` or a :data:`labcode.stats.WEIGHT_STRATEGIES` name, computed on the training
@@ -497,6 +501,11 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     device = _choose_device(config, distributed, local_rank)
     run_dir, resume_path = _run_dir(config, is_main)
     _check_names(config)
+    chosen_on_test = sorted(set(config.areas_valid or ()) & set(TEST_AREAS))
+    if chosen_on_test:
+        log("warning: validating on the test area(s) %s: the best epoch is chosen on them, so their scores will be "
+            "optimistic; the course validates on rooms of the training areas (leave --areas-valid out)",
+            ", ".join(chosen_on_test))
     seed_everything(config.seed + rank)
     resumed = load_checkpoint(resume_path, map_location="cpu") if resume_path else None
     if resumed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -150,3 +151,15 @@ def slurm():
         os.environ.pop("SLURM_CONF")
     else:
         os.environ["SLURM_CONF"] = saved
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The run time of each solution notebook, when ``test_solutions.py`` ran some (a table at the end)."""
+    module = sys.modules.get("tests.test_solutions")
+    times = getattr(module, "RUN_TIMES", None)
+    if not times:
+        return
+    terminalreporter.write_sep("-", "solution notebooks run top to bottom on the CPU")
+    for stem, seconds in sorted(times.items()):
+        terminalreporter.write_line(f"{stem:<22} {seconds:7.1f} s")
+    terminalreporter.write_line(f"{'total':<22} {sum(times.values()):7.1f} s")

@@ -158,15 +158,21 @@ def test_figures_are_drawn_from_the_library(book_sources: Path):
     assert cells["**total**"][3] == f"**{count_parameters(build_model('unet', 14)):,}**"
 
     # The area table: the real counts of the data set paper and the images actually on disk.
+    from labcode.classes import AREAS
     from labcode.data import StanfordDataset, default_datadir
     from labcode.synth import REAL_AREA_IMAGES
 
     lines = (out / "areas.md").read_text().splitlines()[2:]
     table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]] for line in lines}
-    for area, real in REAL_AREA_IMAGES.items():
+    assert sorted(table) == sorted([*AREAS, "**total**"])
+    for area in AREAS:
         here = len(StanfordDataset(default_datadir(), areas=[area]))
-        assert table[area] == [f"{real:,}", f"{here:,}"], area
-    assert table["**total**"][0] == f"**{sum(REAL_AREA_IMAGES.values()):,}**"
+        assert table[area][1] == f"{here:,}", area
+        if area in REAL_AREA_IMAGES:
+            assert table[area][0] == f"{REAL_AREA_IMAGES[area]:,}", area
+    # The handout counts area 5 as one area: no invented split of its images between 5a and 5b.
+    assert table["5a"][0] == f"{REAL_AREA_IMAGES['5']:,} for 5a and 5b together" and table["5b"][0] == "counted with 5a"
+    assert table["**total**"][0] == f"**{sum(REAL_AREA_IMAGES.values()):,}**" == "**70,496**"
 
 
 def _load_make_figures():
@@ -191,9 +197,9 @@ class _AlwaysWall(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path: Path, capsys):
+def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path: Path, capsys, monkeypatch):
+    from labcode.classes import AREAS
     from labcode.export import export_onnx
-    from labcode.synth import REAL_AREA_IMAGES
 
     make_figures = _load_make_figures()
     onnx_path = export_onnx(_AlwaysWall(), tmp_path / "wall.onnx")
@@ -208,8 +214,17 @@ def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path
     assert "figures written to" in capsys.readouterr().out
     lines = (out / "areas.md").read_text().splitlines()[2:]
     table = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in lines}
-    assert all(table[area] == "4" for area in REAL_AREA_IMAGES)  # the fixture has 4 images per area
-    assert table["**total**"] == f"**{4 * len(REAL_AREA_IMAGES)}**"
+    assert all(table[area] == "4" for area in AREAS)  # the fixture has 4 images per area
+    assert table["**total**"] == f"**{4 * len(AREAS)}**"
+
+    # The class histogram counts every image by default, and its title says how many it counted.
+    titles = []
+    monkeypatch.setattr(make_figures, "save", lambda fig, path: titles.append(fig.axes[0].get_title()) or path)
+    make_figures.histogram_figure(synth_root, out, max_images=None)
+    make_figures.histogram_figure(synth_root, out, max_images=10)
+    total = 4 * len(AREAS)
+    assert titles == [f"class frequencies over all {total} images of the data set",
+                      f"class frequencies over 10 of the {total} images of the data set"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -419,6 +434,28 @@ def test_no_solution_line_reaches_the_site(site: Path):
              for stem, lines in secret_lines().items() for line in sorted(lines)
              for rel, text in texts.items() if line in text]
     assert not leaks, "solution or hidden-test lines found in the site:\n" + "\n".join(leaks[:30])
+
+
+@pytest.mark.slow
+def test_no_autograded_answer_reaches_the_site(site: Path):
+    from tests.test_answers import autograded_answers, leaks, notebook_questions
+
+    texts = _site_texts(site)
+    chapters_of = {stem: {Path(chapter).stem for number, (_, s, _) in notebook_questions().items() if s == stem
+                          for chapter in [_chapter_of(number)]} for stem in {s for _, s, _ in notebook_questions().values()}}
+    problems = []
+    for grade_id, answer in autograded_answers().items():
+        pages = {rel: text for rel, text in texts.items()
+                 if not answer.get("data") or answer["stem"] in rel or any(f"chapters/{c}." in rel
+                                                                             for c in chapters_of[answer["stem"]])}
+        problems += leaks(pages, {grade_id: answer})
+    assert not problems, "answers on the site:\n" + "\n".join(problems)
+
+
+def _chapter_of(number: str) -> str:
+    from tests.test_answers import book_questions
+
+    return book_questions()[number][1]
 
 
 # --------------------------------------------------------------------------------------------------------------------

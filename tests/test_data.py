@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import torch
 
 from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.data import (
-    MISSING_CODE, StanfordDataset, decode_semantic, get_dataloaders, get_test_dataloader, load_label_lut,
-    split_indices,
+    MISSING_CODE, Sample, StanfordDataset, decode_semantic, get_dataloaders, get_test_dataloader, load_label_lut,
+    room_of, split_by_room,
 )
 from labcode.errors import DatasetError
 from tests.conftest import TINY_CLASSES, TINY_ENTRIES, semantic_image
@@ -152,13 +153,45 @@ def test_grayscale_rgb_is_converted(tiny_root):
         np.testing.assert_array_equal(image[..., c], gray)
 
 
-def test_split_indices_is_seeded_and_disjoint():
-    train, valid = split_indices(50, 0.2, seed=3)
-    assert len(valid) == 10 and len(train) == 40 and not set(train) & set(valid)
-    assert split_indices(50, 0.2, seed=3) == (train, valid)
-    assert split_indices(50, 0.2, seed=4) != (train, valid)
+def _views(area: str, rooms: dict[str, int]) -> list[Sample]:
+    """Samples named like the real data set: ``rooms`` maps a room (``office_12``) to its number of frames."""
+    names = [f"camera_{k:032x}_{room}_frame_{frame}_domain" for k, (room, frames) in enumerate(rooms.items())
+             for frame in range(frames)]
+    return [Sample(Path(f"area_{area}/data/rgb/{n}_rgb.png"), Path(f"area_{area}/data/semantic/{n}_semantic.png"),
+                   area) for n in names]
+
+
+def test_room_of_reads_the_room_from_the_file_name():
+    sample = _views("5a", {"office_12": 1})[0]
+    assert room_of(sample) == ("5a", "office_12")
+    assert room_of(_views("2", {"WC_1": 1})[0]) == ("2", "WC_1")
+    odd = Sample(Path("area_1/data/rgb/photo_domain_rgb.png"), Path("x"), "1")
+    assert room_of(odd) == ("1", "photo")  # not a 2D-3D-S name: the image is its own room
+
+
+def test_split_by_room_keeps_rooms_whole_seeded_and_near_the_ratio():
+    samples = (_views("1", {f"office_{i}": 2 + i % 5 for i in range(12)})
+               + _views("3", {"hallway_1": 4, "hallway_2": 3, "auditorium_1": 6, "office_1": 2})
+               + _views("6", {"office_1": 5, "WC_1": 3}))  # office_1 of area 6 is not office_1 of area 3
+    train, valid = split_by_room(samples, 0.2, seed=3)
+    assert sorted(train + valid) == list(range(len(samples))) and train and valid
+    train_rooms, valid_rooms = {room_of(samples[i]) for i in train}, {room_of(samples[i]) for i in valid}
+    assert not train_rooms & valid_rooms
+    for area in ("1", "3", "6"):  # every area keeps a room for training
+        assert any(room[0] == area for room in train_rooms), area
+    assert abs(len(valid) - 0.2 * len(samples)) <= 6, len(valid)
+    assert split_by_room(samples, 0.2, seed=3) == (train, valid)
+    assert any(split_by_room(samples, 0.2, seed=s) != (train, valid) for s in range(4, 9))
     with pytest.raises(ValueError):
-        split_indices(10, 1.5, seed=0)
+        split_by_room(samples, 1.5, seed=0)
+
+
+def test_split_by_room_holds_out_a_room_of_tiny_areas_and_refuses_a_single_room():
+    samples = _views("1", {"office_1": 3}) + _views("2", {"lounge_1": 1, "office_1": 2})
+    train, valid = split_by_room(samples, 0.1, seed=0)  # 0.1 of 3 images: no area gives a room by itself
+    assert [room_of(samples[i]) for i in valid] == [("2", "lounge_1")]  # the smallest room of an area with two
+    with pytest.raises(DatasetError, match="at least two rooms"):
+        split_by_room(_views("1", {"office_1": 4}), 0.25, seed=0)
 
 
 def test_loaders_shapes_and_dtypes(synth_root):
@@ -168,14 +201,41 @@ def test_loaders_shapes_and_dtypes(synth_root):
     assert masks.shape == (3, 32, 32) and masks.dtype == torch.int64
     assert int(masks.min()) >= 0 and int(masks.max()) < NUM_CLASSES
     assert len(valid.dataset) == 4 and {s.area for s in valid.dataset.files} == {"5a"}
-    # random split when no validation area is given
+    # no validation area: whole rooms of the training areas are held out
     train, valid = get_dataloaders(synth_root, ["1", "2"], None, valid_ratio=0.25, img_size=32, batch_size=2,
                                    num_workers=0)
-    assert len(train.dataset) + len(valid.dataset) == 8 and len(valid.dataset) == 2
+    assert len(train.dataset) + len(valid.dataset) == 8 and len(valid.dataset) >= 1 and len(train.dataset) >= 1
     assert not set(train.dataset.indices) & set(valid.dataset.indices)
+    files = train.dataset.dataset.files
+    assert not {room_of(files[i]) for i in train.dataset.indices} & {room_of(files[i]) for i in valid.dataset.indices}
 
 
 def test_test_loader_keeps_native_resolution(synth_root):
     loader = get_test_dataloader(synth_root, ["5b"], num_workers=0)
     images, masks = next(iter(loader))
     assert images.shape == (1, 3, 64, 64) and masks.shape == (1, 64, 64)
+
+
+def test_loaders_load_in_the_main_process_where_workers_cannot_start(synth_root, monkeypatch, caplog):
+    import multiprocessing
+
+    from labcode import data
+
+    class NoSemaphores:
+        def Lock(self):  # what multiprocessing raises in a sandbox without a writable /dev/shm
+            raise PermissionError(13, "Permission denied")
+
+    data.worker_processes_possible.cache_clear()
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *args: NoSemaphores())
+    try:
+        train, valid = get_dataloaders(synth_root, ["1", "2"], ["5a"], img_size=32, batch_size=2, num_workers=2)
+        assert train.num_workers == 0 and valid.num_workers == 0
+        assert "loading in the main process" in caplog.text
+        images, masks = next(iter(train))
+        assert images.shape == (2, 3, 32, 32)
+    finally:
+        data.worker_processes_possible.cache_clear()
+    monkeypatch.undo()
+    assert data.worker_processes_possible()  # this machine can
+    train, _ = get_dataloaders(synth_root, ["1"], ["5a"], img_size=32, batch_size=2, num_workers=2)
+    assert train.num_workers == 2

@@ -150,3 +150,20 @@ def test_library_files_without_exercises_are_the_releases(tmp_path):
     assert (submission / "labcode" / "metrics.py").read_bytes() == (release / "labcode" / "metrics.py").read_bytes()
     assert (submission / "labcode" / "unet.py").read_text() == "# mine\n"
     assert (submission / "labcode" / "helpers.py").read_text() == "# my own module\n"
+
+
+def test_grading_kernels_know_they_are_graded(spec, monkeypatch):
+    # nbgrader sets NBGRADER_EXECUTION while it grades; the notebooks choose their small settings by it, so the
+    # sandbox's otherwise empty environment must carry it, and only it, of the grader's environment.
+    from tools.grading.kernel import SandboxKernelManager
+
+    monkeypatch.setattr(SandboxKernelManager, "spec", spec)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    monkeypatch.setenv("INSTRUCTOR_SECRET", "s3cret")
+    manager = SandboxKernelManager(kernel_name="python3")
+    manager._launch_args = {"cwd": "/tmp"}
+    command = manager.format_kernel_cmd()
+    pairs = {(command[i + 1], command[i + 2]) for i, arg in enumerate(command) if arg == "--setenv"}
+    assert ("NBGRADER_EXECUTION", "autograde") in pairs
+    assert not [name for name, _ in pairs if "SECRET" in name]
+    manager._limits_context.__exit__(None, None, None)

@@ -21,6 +21,7 @@ QUESTIONS = {
     "dimensions and types of inputs and targets": ("01_data_exploration", "answer_tensor_types"),
     "check them on one sample": ("01_data_exploration", "test_describe_sample"),
     "noisy labels, <UNK>, and a diverging cross-entropy": ("01_data_exploration", "answer_noisy_labels"),
+    "good and bad transforms for photos of rooms": ("02_data_pipeline", "answer_augmentation_choice"),
     "implement the augmentation pipeline": ("02_data_pipeline", "test_augmentation_pipeline"),
     "judge the augmentation hyper-parameters": ("02_data_pipeline", "answer_augmentation_quality"),
     "fully convolutional, and the input sizes": ("03_unet", "answer_fully_convolutional"),
@@ -32,6 +33,7 @@ QUESTIONS = {
     "UNetUpConvBlock forward": ("03_unet", "test_unet_up_block_forward"),
     "the decoder's first and last layers": ("03_unet", "test_unet_decoder"),
     "a dummy tensor through the model": ("03_unet", "test_unet_dummy_forward"),
+    "sides that are not multiples of 2**n": ("03_unet", "answer_unet_any_side"),
     "accuracy of an always-wall predictor": ("04_metrics_losses", "test_wall_accuracy"),
     "its macro F1": ("04_metrics_losses", "test_wall_macro_f1"),
     "where the macro F1 is computed, what validation F1 is for": ("04_metrics_losses", "answer_macro_f1_in_training"),
@@ -41,15 +43,19 @@ QUESTIONS = {
     "weighted cross-entropy with a strategy": ("04_metrics_losses", "test_weighted_cross_entropy"),
     "where the focal loss is and which option turns it on": ("04_metrics_losses", "answer_focal_loss"),
     "a short training run on a small subset": ("05_training", "test_short_training_run"),
+    "epoch time, share of data loading, memory": ("05_training", "answer_epoch_time"),
     "TensorBoard curves and figures": ("05_training", "answer_tensorboard"),
     "the ONNX graph in netron": ("06_inference_onnx", "answer_onnx_graph"),
     "where and how the model is exported, the export arguments": ("06_inference_onnx", "answer_onnx_export"),
     "where and how ONNX Runtime runs inference": ("06_inference_onnx", "answer_onnxruntime"),
     "evaluate on the training areas and on 5a/5b": ("06_inference_onnx", "test_evaluate_areas"),
+    "what the scores on seen and unseen areas say": ("06_inference_onnx", "answer_generalisation"),
     "why any image size works": ("06_inference_onnx", "answer_any_size"),
     "segment a photo of your own": ("06_inference_onnx", "test_segment_photo"),
+    "where the model succeeds or fails on the photo": ("06_inference_onnx", "answer_own_photo"),
     "going further: DeepLabv3+": ("07_going_further", "test_deeplab_forward"),
     "going further: other losses": ("07_going_further", "test_loss_zoo"),
+    "which losses vanish, and the cross-entropy of a uniform prediction": ("07_going_further", "answer_loss_values"),
 }
 
 
@@ -127,12 +133,21 @@ def test_every_notebook_starts_with_the_same_kind_of_setup():
             'if [os.path.realpath(path) for path in labcode.__path__] != [MY_LABCODE]:\n    raise ImportError('), stem
         assert 'GRADING = bool(os.environ.get("NBGRADER_EXECUTION"))' in setup
         assert 'torch.device("cuda" if torch.cuda.is_available() else "cpu")' in setup
-        assert 'QUICK = GRADING or DEVICE.type == "cpu"' in setup
+        if stem == "05_training":  # tiny runs only while grading; on a CPU, the CPU recipe
+            assert 'SETTING = "tiny" if GRADING else DEVICE.type' in setup and "QUICK" not in setup
+        elif stem == "06_inference_onnx":  # sizes come from the model evaluated
+            assert "QUICK" not in setup
+        else:
+            assert 'QUICK = GRADING or DEVICE.type == "cpu"' in setup
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Running the sources
 # --------------------------------------------------------------------------------------------------------------------
+
+#: Seconds each solution notebook took to run, printed at the end of the session (see ``conftest.py``).
+RUN_TIMES: dict[str, float] = {}
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
@@ -145,13 +160,26 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def reference_model(synth_root, tmp_path_factory) -> Path:
+    """A reference model of the small data set, made by the library's own command (two short epochs)."""
+    from labcode.reference import train_reference
+
+    made = train_reference(synth_root, tmp_path_factory.mktemp("reference") / "run", progress=False, epochs=2,
+                           small=True, num_workers=0)
+    return Path(made["model"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", STEMS)
-def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, monkeypatch):
+def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, reference_model, tmp_path,
+                                                     monkeypatch):
     import nbclient
 
     monkeypatch.setenv("LABCODE_DATADIR", str(synth_root))  # a small generated data set
-    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("LABCODE_REFERENCE_MODEL", str(reference_model))
+    monkeypatch.setenv("LABCODE_DATA_HOME", str(tmp_path / "data_home"))  # nothing written to the user's cache
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)  # what students run, not the tiny grading settings
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     path = workdir / f"{stem}.ipynb"
     shutil.copy(SOURCE / path.name, path)
@@ -159,10 +187,13 @@ def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, 
     started = time.perf_counter()
     nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}}).execute()
     elapsed = time.perf_counter() - started
+    RUN_TIMES[stem] = elapsed
     errors = [(i, out.ename, out.evalue) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
               for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"{stem}: cells ending in an error: {errors}"
     first = next(c for c in nb.cells if c.cell_type == "code")
     printed = "".join(out.get("text", "") for out in first.outputs)
     assert f"labcode from {workdir / 'labcode'}" in printed, printed  # the instructor library, with the solutions
-    print(f"\n{stem}: {elapsed:.1f} s")
+    if stem == "06_inference_onnx":  # the questions study the reference model
+        studied = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+        assert f"model: {reference_model} (the reference model" in studied, studied[-2000:]

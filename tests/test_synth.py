@@ -272,3 +272,42 @@ def test_cli_writes_the_requested_areas_and_refuses_to_overwrite(tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["area_1", "assets"]
     with pytest.raises(LabError, match="unknown area"):
         synth_main(["--out", str(tmp_path / "bad"), "--areas", "9"])
+
+
+def test_relabelled_codes_are_the_instances_the_annotation_noise_changed(medium, monkeypatch):
+    found = synth.relabelled_codes(medium)
+    entries = entries_of(medium)
+    # Independently: plan the same data set without annotation noise; the entries that differ are the relabelled ones.
+    manifest = json.loads((medium / "assets" / "synth.json").read_text())
+    def draw_without_relabelling(room, rng):  # the same random draws, so that the rest of the plan is unchanged
+        for cls, _ in room.instances:
+            if cls in synth._CONFUSED:
+                rng.random()
+
+    monkeypatch.setattr(synth, "_add_annotation_noise", draw_without_relabelling)
+    clean, _ = synth._plan_dataset(medium, tuple(manifest["areas"]), manifest["images_per_area"], manifest["size"],
+                                   manifest["seed"])
+    assert len(clean) == len(entries)
+    changed = [i for i, (noisy, right) in enumerate(zip(entries, clean)) if noisy.split("_")[0] != right.split("_")[0]]
+    assert changed, "the medium data set should hold relabelled instances"
+    assert found.tolist() == changed
+    for code in changed:  # a look-alike's class, as the generator confuses them
+        assert synth._CONFUSED[clean[code].split("_")[0]] == entries[code].split("_")[0]
+
+
+def test_relabelled_codes_of_a_data_set_the_generator_did_not_make(small, tmp_path):
+    copy = tmp_path / "copy"
+    (copy / "assets").mkdir(parents=True)
+    (copy / "assets" / "semantic_labels.json").write_text((small / "assets" / "semantic_labels.json").read_text())
+    assert synth.relabelled_codes(copy) is None  # no synth.json: the real data set, say
+    manifest = json.loads((small / "assets" / "synth.json").read_text())
+    (copy / "assets" / "synth.json").write_text(json.dumps({**manifest, "seed": manifest["seed"] + 1}))
+    assert synth.relabelled_codes(copy) is None  # the plan does not give this label list
+
+
+def test_default_data_set_has_several_rooms_in_every_area():
+    """The validation split holds out whole rooms: every area of the default data set must have several."""
+    for area, count in synth.DEFAULT_SYNTH.images_per_area:
+        rooms = synth.plan_area(synth.DEFAULT_SYNTH.seed, area, count)
+        assert sum(len(room.shots) for room in rooms) == count
+        assert len(rooms) >= 5, f"area {area}: only {len(rooms)} rooms"

@@ -11,8 +11,10 @@ Everything under ``book/figures/generated/`` (git-ignored) comes from here, so t
     unet_diagram.png      the same measurements drawn as the "U"
     prediction.png        held-out images with their ground truth and a model's prediction
 
-The prediction comes from a small UNet trained here for ``--train-seconds`` on the CPU (about 45 s), or from a model
-file given with ``--model`` (an ONNX export or a training checkpoint, e.g. ``runs/pipeline/best.onnx``).
+The prediction comes from a model file given with ``--model`` (an ONNX export or a training checkpoint), else from the
+course's reference model when it exists (``python -m labcode reference``, found through
+``labcode.reference.reference_model_path``), else from a small UNet trained here for ``--train-seconds`` on the CPU
+(about 45 s).
 The data set is ``--datadir``, else ``$LABCODE_DATADIR``, else the generated default data set (made on first use).
 
 Usage::
@@ -38,6 +40,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from labcode.classes import AREAS, NUM_CLASSES
 from labcode.data import StanfordDataset, default_datadir
+from labcode.reference import find_reference_model
 from labcode.synth import REAL_AREA_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,30 +87,40 @@ def sample_figures(datadir: Path, out: Path, *, img_size: int, seed: int) -> lis
     return [save(sample, out / "sample.png"), save(augmented, out / "augmentation.png")]
 
 
-def histogram_figure(datadir: Path, out: Path, *, max_images: int) -> list[Path]:
-    """``class_histogram.png`` over at most ``max_images`` images spread evenly over the data set."""
+def histogram_figure(datadir: Path, out: Path, *, max_images: int | None) -> list[Path]:
+    """``class_histogram.png`` over the whole data set, or over ``max_images`` images spread evenly over it; the
+    title says how many images were counted and how many the data set holds."""
     from torch.utils.data import Subset
 
     from labcode.stats import class_histogram
     from labcode.viz import plot_class_histogram
 
     dataset = StanfordDataset(datadir)
-    if len(dataset) > max_images:
-        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, max_images).astype(int).tolist())
+    total = len(dataset)
+    if max_images and total > max_images:
+        dataset = Subset(dataset, np.linspace(0, total - 1, max_images).astype(int).tolist())
     counts = class_histogram(dataset, progress=False)
     fig = plot_class_histogram(counts)
-    fig.axes[0].set_title(f"class frequencies over {len(dataset)} images")
+    counted = "all" if len(dataset) == total else f"{len(dataset)} of the"
+    fig.axes[0].set_title(f"class frequencies over {counted} {total} images of the data set")
     return [save(fig, out / "class_histogram.png")]
 
 
 def areas_table(datadir: Path, out: Path) -> list[Path]:
-    """``areas.md``: images per area in the real data set and in the data set the figures use."""
+    """``areas.md``: images per area in the real data set and in the data set the figures use.
+
+    The real counts are those of the course handout, which counts area 5 as one: its total is given on the 5a row
+    and the 5b row refers to it, rather than an invented split between the halves.
+    """
     here = {area: len(StanfordDataset(datadir, areas=[area])) for area in AREAS}
+    real = {area: f"{REAL_AREA_IMAGES[area]:,}" for area in AREAS if area in REAL_AREA_IMAGES}
+    real["5a"] = f"{REAL_AREA_IMAGES['5']:,} for 5a and 5b together"
+    real["5b"] = "counted with 5a"
     lines = [
         "| area | images in Stanford 2D-3D-S | images in the data set of these pages |",
         "| --- | ---: | ---: |",
     ]
-    lines += [f"| {area} | {REAL_AREA_IMAGES[area]:,} | {here[area]:,} |" for area in AREAS]
+    lines += [f"| {area} | {real[area]} | {here[area]:,} |" for area in AREAS]
     lines.append(f"| **total** | **{sum(REAL_AREA_IMAGES.values()):,}** | **{sum(here.values()):,}** |")
     path = out / "areas.md"
     path.write_text("\n".join(lines) + "\n")
@@ -311,7 +324,7 @@ def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seco
     targets = np.stack([dataset.load_mask(i) for i in picks]).astype(np.int64)
     if model_path is not None:
         preds = predict_with_file(model_path, images, img_size)
-        source = model_path.name
+        source = "the reference model" if model_path == find_reference_model() else model_path.name
     else:
         model, steps = train_small_unet(datadir, seconds=seconds, img_size=img_size, seed=seed)
         preds = np.stack([predict_with_module(model, image, img_size) for image in images])
@@ -334,13 +347,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--datadir", type=Path, default=None,
                         help="data set root (default: $LABCODE_DATADIR or the generated data set)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="ONNX model or checkpoint for the prediction figure (default: train a small UNet)")
+                        help="ONNX model or checkpoint for the prediction figure (default: the reference model if "
+                        "it exists, else a small UNet trained here)")
     parser.add_argument("--train-seconds", type=float, default=45.0,
                         help="training time of the small UNet, in seconds (default: 45)")
     parser.add_argument("--img-size", type=int, default=128,
                         help="side of the training crops and of the prediction input (default: 128)")
-    parser.add_argument("--max-images", type=int, default=400,
-                        help="at most this many images for the class histogram (default: 400)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="at most this many images for the class histogram (default: all of them)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -350,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     datadir = args.datadir if args.datadir is not None else default_datadir()
+    model = args.model if args.model is not None else find_reference_model()
     args.out.mkdir(parents=True, exist_ok=True)
     steps = [
         ("data samples", lambda: sample_figures(datadir, args.out, img_size=256, seed=args.seed)),
@@ -357,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("class histogram", lambda: histogram_figure(datadir, args.out, max_images=args.max_images)),
         ("focal term", lambda: focal_figure(args.out)),
         ("UNet shapes", lambda: unet_figures(args.out)),
-        ("prediction", lambda: prediction_figure(datadir, args.out, model_path=args.model,
+        ("prediction", lambda: prediction_figure(datadir, args.out, model_path=model,
                                                  seconds=args.train_seconds, img_size=args.img_size,
                                                  seed=args.seed)),
     ]

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import typing as t
+from dataclasses import replace
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
@@ -84,6 +85,8 @@ class SandboxKernelManager(AsyncKernelManager):
         return self._prefix + kernel_cmd, kw
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        if os.environ.get("NBGRADER_EXECUTION"):  # the notebooks pick their grading settings by it
+            self.spec = replace(self.spec, env={**self.spec.env, "NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]})
         if self._limits_context is None:
             self._limits_context = sandbox.limited("kernel", self.spec.limits)
             self._prefix, self.cgroup = self._limits_context.__enter__()

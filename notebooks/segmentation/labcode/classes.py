@@ -15,7 +15,7 @@ UNKNOWN_LABEL: int = 0
 #: The areas of the data set as they are named on disk (``area_5a`` ...).
 AREAS: tuple[str, ...] = ("1", "2", "3", "4", "5a", "5b", "6")
 
-#: Fraction of the labelled pixels of each class over the whole real data set (about 71,000 masks of 1080x1080),
+#: Fraction of the labelled pixels of each class over the whole real data set (70,496 masks of 1080x1080),
 #: in the order of ``CLASSES``. They sum to 1 (up to rounding of the published percentages).
 REAL_CLASS_FREQUENCIES: np.ndarray = np.array(
     [1.26, 1.57, 2.71, 7.17, 9.94, 3.87, 11.23, 3.05, 10.98, 8.45, 0.33, 2.88, 33.67, 2.88]

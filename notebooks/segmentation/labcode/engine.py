@@ -37,7 +37,9 @@ def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
 
     There, bfloat16 autocast about halves the time of a small UNet's training step (122 instead of 237 ms for a batch
-    of 8 at 128 px on two cores with channels_last, see ``benchmarks/bench_train.py``); elsewhere it is emulated and slower than float32.
+    of 8 at 128 px on two cores with channels_last, see ``benchmarks/bench_train.py``). Elsewhere its speed depends on
+    the CPU (emulated and slower than float32 without any bfloat16 instruction; faster on some CPUs with AVX-512 BF16
+    dot products), so labcode keeps float32 there, and the course's CPU recipe is timed in float32.
     """
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe is not None and probe())

@@ -2,6 +2,13 @@
 # Do not edit by hand: this file has no exercise.
 """``python -m labcode train``: train a segmentation model and keep the best one by validation macro F1.
 
+Validation protocol: the validation images choose the best epoch (and whatever you tune), so they must be images the
+model could not have memorised. Without ``--areas-valid``, about ``--valid-ratio`` of the training areas' images are
+held out whole rooms at a time (the room is read from the file name, e.g. ``..._office_12_frame_3_...``): no
+validation image shows a room seen in training. Keep the test areas (5a and 5b in the course) out of training and
+validation alike; they measure the final model once, and a score measured on the data that chose the model is
+optimistic.
+
 The seed's underscore spellings (``--areas_train``, ``--img_size`` ...) are accepted as aliases. Multi-GPU:
 ``torchrun --nproc_per_node N -m labcode train ...``. SIGTERM or Ctrl-C saves the state and exits cleanly;
 ``--resume`` continues (the interrupted epoch restarts from its first batch).
@@ -35,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--areas-train", "--areas_train", nargs="+", default=None,
                       help="training areas (default: 1 2 3 4 6)")
     data.add_argument("--areas-valid", "--areas_valid", nargs="*", default=None,
-                      help="validation areas (default: hold out --valid-ratio of the training images)")
-    data.add_argument("--valid-ratio", "--valid_ratio", type=open_ratio, default=0.2)
+                      help="validation areas, never the test areas (default: hold out --valid-ratio of the training "
+                      "images, whole rooms at a time)")
+    data.add_argument("--valid-ratio", "--valid_ratio", type=open_ratio, default=0.2,
+                      help="share of the training images held out for validation, whole rooms (default: 0.2)")
     data.add_argument("--img-size", "--img_size", type=image_side, default=256, help="side of the training crops")
     data.add_argument("--batch-size", "--batch_size", type=positive_int, default=8)
     data.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=2)
