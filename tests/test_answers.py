@@ -103,6 +103,10 @@ def test_every_question_has_an_answer_cell_and_an_instructor_answer():
                 assert info["solution"] and len(cell.source) > 300, f"{grade_id}: no instructor answer"
                 assert released[grade_id].source == "YOUR ANSWER HERE", f"{grade_id}: no answer cell in the release"
                 continue
+            if grade_id in HANDED_IN:  # a file the student exports with a plain cell, graded by the model grader
+                assert any(c.cell_type == "code" and not nbgrader(c) and HANDED_IN[grade_id] in c.source
+                           for c in cells), f"{number}: no cell exports {HANDED_IN[grade_id]}"
+                continue
             answers = [c for c in cells if nbgrader(c).get("solution") and c.cell_type == "code"]
             if answers:  # code written in the notebook, then its test
                 assert all("### BEGIN SOLUTION" in c.source for c in answers), number
@@ -113,6 +117,9 @@ def test_every_question_has_an_answer_cell_and_an_instructor_answer():
                 stubs = "\n".join(p.read_text() for p in (RELEASE / "labcode").rglob("*.py"))
                 assert f'raise NotImplementedError("{title}: write it' in stubs, f"{number}: no stub in the release"
 
+
+#: Test cells that check a file students hand in (the model, scored on the hidden test set by tools/grading).
+HANDED_IN = {"test_model_export": "my_model.onnx"}
 
 #: Questions with a written part, answered in a cell graded by hand (besides any code they ask for).
 WRITTEN = {"1.1", "1.3", "2.1", "2.2", "3.1", "3.2", "3.9", "4.3", "4.4", "4.5", "4.8", "5.1", "5.2", "6.1", "6.2",
@@ -125,6 +132,7 @@ CODE_ONLY = {
     "4.1": "a number computed in the notebook", "4.2": "a number computed in the notebook",
     "4.6": "library code", "4.7": "a function written in the notebook",
     "7.1": "a model and its output; the cell prints the output's size, which answers the question",
+    "5.3": "a trained model handed in, scored on the hidden test set",
 }
 
 
@@ -206,6 +214,7 @@ OPEN_ANSWERS = {
     "test_short_training_run": "the student's own run",
     "test_evaluate_areas": "the scores of the student's own evaluation",
     "test_segment_photo": "the student's own photo",
+    "test_model_export": "the student's own model; its points come from the hidden test set",
 }
 
 

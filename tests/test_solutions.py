@@ -45,6 +45,7 @@ QUESTIONS = {
     "a short training run on a small subset": ("05_training", "test_short_training_run"),
     "epoch time, share of data loading, memory": ("05_training", "answer_epoch_time"),
     "TensorBoard curves and figures": ("05_training", "answer_tensorboard"),
+    "hand in the trained model (scored on a hidden test set)": ("05_training", "test_model_export"),
     "the ONNX graph in netron": ("06_inference_onnx", "answer_onnx_graph"),
     "where and how the model is exported, the export arguments": ("06_inference_onnx", "answer_onnx_export"),
     "where and how ONNX Runtime runs inference": ("06_inference_onnx", "answer_onnxruntime"),
