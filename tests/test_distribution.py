@@ -25,6 +25,7 @@ def dist(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("dist")
     reference = tmp / "reference.onnx"
     reference.write_bytes(b"onnx stand-in")
+    (tmp / "reference.json").write_text("{}")
     links = distribution.CourseLinks(site_url="https://course.example.org/segmentation")
     return distribution.build_distribution(RELEASE, tmp / "student", reference=reference, links=links,
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
@@ -33,6 +34,7 @@ def dist(tmp_path_factory) -> Path:
 def test_the_distribution_holds_the_students_material_and_nothing_else(dist):
     top = sorted(p.name for p in dist.iterdir())
     assert top == [".gitignore", "Makefile", "README.md", "reference", "requirements.txt", "segmentation"]
+    assert sorted(p.name for p in (dist / "reference").iterdir()) == sorted([distribution.REFERENCE_NAME, "reference.json"])
     notebooks = sorted(p.name for p in (dist / "segmentation").glob("*.ipynb"))
     assert notebooks == sorted(p.name for p in RELEASE.glob("*.ipynb")) and len(notebooks) == 7
     files = {p.relative_to(dist / "segmentation").as_posix() for p in (dist / "segmentation").rglob("*")
@@ -127,3 +129,13 @@ def test_course_links_come_from_one_file(tmp_path):
         distribution.load_links(tmp_path / "course.yml")
     shipped = distribution.load_links(REPO / "course.yml")
     assert shipped == distribution.CourseLinks(), "the repository ships without links (no placeholder)"
+
+
+def test_notebooks_of_the_distribution_find_the_shipped_reference_model(dist, tmp_path):
+    require(GRADING_PYTHON.is_file(), "no grading environment (bash scripts/setup.sh --grading)")
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "LABCODE_REFERENCE_MODEL")}
+    env["LABCODE_DATA_HOME"] = str(tmp_path / "cache")  # nothing trained on this machine
+    found = subprocess.run([str(GRADING_PYTHON), "-c", "from labcode.reference import reference_model_path as p; "
+                            "print(p())"], cwd=dist / "segmentation", env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert found.stdout.strip() == str(dist / "reference" / distribution.REFERENCE_NAME), found.stderr

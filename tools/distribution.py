@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from labcode.reference import SHIPPED_NAME as REFERENCE_NAME  # noqa: E402  (where notebooks look for it)
 DIST = REPO / "dist" / "student"
 TEMPLATES = REPO / "tools" / "student"
 COURSE_FILE = REPO / "course.yml"
 ASSIGNMENT = "segmentation"
-REFERENCE_NAME = "unet_reference.onnx"
 
 
 class DistributionError(Exception):
@@ -72,7 +73,9 @@ def load_links(path: Path = COURSE_FILE) -> CourseLinks:
 
 def reference_model() -> Path | None:
     """The reference model trained by ``make reference``, if it exists."""
-    candidate = REPO / "data" / "reference" / REFERENCE_NAME
+    from labcode.reference import reference_dir
+
+    candidate = reference_dir() / "best.onnx"
     return candidate if candidate.is_file() else None
 
 
@@ -111,6 +114,9 @@ def build_distribution(release: Path, dest: Path = DIST, *, reference: Path | No
         if reference is not None:
             (staging / "reference").mkdir()
             shutil.copyfile(reference, staging / "reference" / REFERENCE_NAME)
+            scores = reference.with_name("reference.json")
+            if scores.is_file():
+                shutil.copyfile(scores, staging / "reference" / "reference.json")
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)

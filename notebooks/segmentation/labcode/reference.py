@@ -92,12 +92,27 @@ def reference_dir() -> Path:
     return data_home() / f"reference-synth-{SYNTH_VERSION}"
 
 
+#: The file name of the reference model shipped in the students' distribution (``reference/`` beside the notebooks'
+#: folder), for students who do not train it themselves.
+SHIPPED_NAME = "unet_reference.onnx"
+
+
+def shipped_model_path() -> Path:
+    """Where the students' distribution ships the reference model: ``reference/`` next to the assignment folder
+    that holds this copy of ``labcode``."""
+    import labcode
+
+    return Path(labcode.__file__).resolve().parents[2] / "reference" / SHIPPED_NAME
+
+
 def reference_model_path() -> Path:
     """The reference model's ONNX file: ``$LABCODE_REFERENCE_MODEL`` when set, else ``best.onnx`` of
-    :func:`reference_dir` (which may not exist yet: see :func:`find_reference_model`)."""
+    :func:`reference_dir` when it was trained here, else the copy the students' distribution ships when there is
+    one (the path may not exist yet: see :func:`find_reference_model`)."""
     if os.environ.get(ENV_MODEL):
         return Path(os.environ[ENV_MODEL])
-    return reference_dir() / "best.onnx"
+    trained, shipped = reference_dir() / "best.onnx", shipped_model_path()
+    return shipped if not trained.is_file() and shipped.is_file() else trained
 
 
 def find_reference_model() -> Path | None:
