@@ -1,6 +1,9 @@
 """Draw the figures of the course book from the course library (``make figures``).
 
-Everything under ``book/figures/generated/`` (git-ignored) comes from here, so the figures always match the code:
+Everything under ``book/figures/generated/`` comes from here, so the figures always match the code. They are
+committed, so that ``jupyter-book build book`` works from a clean clone, with ``manifest.json`` saying what they were
+drawn from; the tests redraw the quick ones and compare, and check that the prediction comes from the current
+reference model's recipe and data set (``make figures`` after ``make reference`` refreshes them all):
 
     sample.png            an image of the data set, its mask and the class legend
     augmentation.png      the same image and mask after the training augmentation
@@ -25,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -312,19 +316,23 @@ def predict_with_file(model_path: Path, images: np.ndarray, img_size: int) -> np
 
 def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seconds: float, img_size: int,
                       seed: int, items: int = 3) -> list[Path]:
-    """``prediction.png``: held-out images of area 5a, their ground truth and the prediction."""
+    """``prediction.png``: held-out images of area 5a (evenly spaced: chosen by position, not by score), their ground
+    truth and the prediction."""
     from labcode.metrics import ConfusionMatrix
     from labcode.viz import plot_predictions
 
     dataset = StanfordDataset(datadir, areas=[TEST_AREA])
-    candidates = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), 60)).astype(int))
-    classes_shown = [len(np.unique(dataset.load_mask(i))) for i in candidates]
-    picks = sorted(candidates[np.argsort(classes_shown, kind="stable")[::-1][:items]])  # the busiest scenes
+    picks = np.unique(np.linspace(0, len(dataset) - 1, items + 2).astype(int)[1:-1])
     images = np.stack([dataset.load_image(i) for i in picks])
     targets = np.stack([dataset.load_mask(i) for i in picks]).astype(np.int64)
     if model_path is not None:
         preds = predict_with_file(model_path, images, img_size)
         source = "the reference model" if model_path == find_reference_model() else model_path.name
+        scores = model_path.with_name("reference.json")
+        if source == "the reference model" and scores.is_file():
+            import json
+
+            source += f" (macro F1 {json.loads(scores.read_text())['scores']['5a+5b']['macro_f1']:.2f} on all of 5a + 5b)"
     else:
         model, steps = train_small_unet(datadir, seconds=seconds, img_size=img_size, seed=seed)
         preds = np.stack([predict_with_module(model, image, img_size) for image in images])
@@ -357,6 +365,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="at most this many images for the class histogram (default: all of them)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-prediction", action="store_true",
+                        help="draw every figure but the prediction (no model needed)")
     return parser.parse_args(argv)
 
 
@@ -366,23 +376,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     datadir = args.datadir if args.datadir is not None else default_datadir()
     model = args.model if args.model is not None else find_reference_model()
     args.out.mkdir(parents=True, exist_ok=True)
+    prediction = {"model": "none"}
     steps = [
         ("data samples", lambda: sample_figures(datadir, args.out, img_size=256, seed=args.seed)),
         ("areas", lambda: areas_table(datadir, args.out)),
         ("class histogram", lambda: histogram_figure(datadir, args.out, max_images=args.max_images)),
         ("focal term", lambda: focal_figure(args.out)),
         ("UNet shapes", lambda: unet_figures(args.out)),
-        ("prediction", lambda: prediction_figure(datadir, args.out, model_path=model,
-                                                 seconds=args.train_seconds, img_size=args.img_size,
-                                                 seed=args.seed)),
     ]
+    if not args.skip_prediction:
+        prediction = prediction_source(model)
+        steps.append(("prediction", lambda: prediction_figure(datadir, args.out, model_path=model,
+                                                              seconds=args.train_seconds, img_size=args.img_size,
+                                                              seed=args.seed)))
     start = time.monotonic()
     for name, step in steps:
         t0 = time.monotonic()
         written = step()
         print(f"{name:<16} {time.monotonic() - t0:5.1f} s  " + ", ".join(str(p.relative_to(args.out)) for p in written))
+    if not args.skip_prediction:
+        write_manifest(args.out, datadir, prediction)
     print(f"figures written to {args.out} in {time.monotonic() - start:.1f} s (data: {datadir})")
     return 0
+
+
+def prediction_source(model: Path | None) -> dict:
+    """What the prediction figure comes from: the reference model (its recipe, data set and file), another file,
+    or a small UNet trained here."""
+    import hashlib
+
+    from labcode.reference import CPU_RECIPE
+
+    if model is None:
+        return {"model": "small UNet trained by make_figures"}
+    digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    if model == find_reference_model():
+        return {"model": "reference", "recipe": CPU_RECIPE, "sha256": digest}
+    return {"model": Path(model).name, "sha256": digest}
+
+
+def write_manifest(out: Path, datadir: Path, prediction: dict) -> Path:
+    """``manifest.json``: the data set and the model the figures were drawn from."""
+    import json
+
+    from labcode.synth import SYNTH_VERSION, ensure_default_dataset
+
+    default = not os.environ.get("LABCODE_DATADIR") and Path(datadir).resolve() == \
+        Path(ensure_default_dataset(progress=False)).resolve()
+    manifest = {"data": f"generated data set, version {SYNTH_VERSION}" if default else str(datadir),
+                "prediction": prediction}
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 if __name__ == "__main__":

@@ -30,12 +30,15 @@ def apply_links(app, config) -> None:
         options["repository_url"] = repository
         options["repository_branch"] = links.get("student_branch") or "main"
         options["path_to_docs"] = ""
+        # the theme wants to know the host's kind for its icon; a school's own server is most often a GitLab
+        options["repository_provider"] = "github" if "github.com" in repository else \
+            "bitbucket" if "bitbucket.org" in repository else "gitlab"
         if hub:
             options["launch_buttons"]["jupyterhub_url"] = hub
     else:
         options.pop("repository_url", None)
-    clone = f"git clone {repository} segmentation-lab" if repository else \
-        "git clone <the address your instructors give you> segmentation-lab"
+    clone = f"`git clone {repository} segmentation-lab`" if repository else \
+        "with `git clone` from the address your instructors give you (into a folder `segmentation-lab`)"
     config.myst_substitutions = {**getattr(config, "myst_substitutions", {}), "clone_command": clone}
 
 
