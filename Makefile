@@ -20,12 +20,15 @@ lab: setup
 reference: setup
 	$(VENV)/python -m labcode reference
 
-## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first).
+## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first), after the
+## linter (ruff, configured in pyproject.toml).
 test:
 	bash scripts/setup.sh --grading --system
+	$(VENV)/ruff check .
 	$(VENV)/python -m pytest -q
 
 test-fast: setup
+	$(VENV)/ruff check .
 	$(VENV)/python -m pytest -q -m "not slow and not browser"
 
 ## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/.

@@ -9,10 +9,10 @@ version) gets one check, named after its question in the notebooks, and one line
 - ``FAIL``: it runs but gives a wrong result; the message says what was expected and what came out;
 - ``ERROR``: it crashes; the message gives the exception and the line of the library where it happened.
 
-The checks are the visible tests of the notebooks, run outside Jupyter; the notebooks' graded tests also include
-hidden ones. The exit status is 0 when every check passes, 1 otherwise, and 3 when the library checked is not a
-student copy in this folder (the instructor library, or another copy found on the path): the report then says so,
-since passing checks would say nothing about your work.
+The checks are the visible tests of the notebooks, run outside Jupyter: each graded test cell of an exercise calls
+its check from this module (then runs hidden tests of its own). The exit status is 0 when every check passes, 1
+otherwise, and 3 when the library checked is not a student copy in this folder (the instructor library, or another
+copy found on the path): the report then says so, since passing checks would say nothing about your work.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import labcode
-
-NUM_CLASSES = 14
+from labcode.classes import NUM_CLASSES
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from labcode.deeplab import DeepLabV3Plus
@@ -102,10 +103,41 @@ def test_summary_runs_on_a_model_with_a_shared_module():
     assert summary.count("ReLU") == 2 and "total parameters: 14" in summary
 
 
+#: Small options of each registered model, for quick tests on the CPU.
+SMALL = {"unet": {"num_blocks": 3, "base_chan": 4},
+         "deeplabv3plus": {"base_chan": 4, "aspp_chan": 8, "low_level_chan": 4}}
+
+
+def test_every_registered_model_has_small_test_options():
+    assert set(SMALL) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape", [(1, 3, 1080, 1080), (3, 3, 97, 65), (2, 3, 7, 5), (1, 3, 1, 1)])
+def test_every_model_gives_one_score_per_class_and_pixel_for_any_input_size(name, shape):
+    model = build_model(name, 5, **SMALL[name]).eval()
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == (shape[0], 5, *shape[2:])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_with_a_batch_of_one(name):  # in training mode, BatchNorm and image pooling must hold
+    torch.manual_seed(0)
+    model = build_model(name, 5, **SMALL[name]).train()
+    x, target = torch.randn(1, 3, 45, 37), torch.randint(0, 5, (1, 45, 37))
+    loss = F.cross_entropy(model(x), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for parameter_name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), parameter_name
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_models_on_the_gpu_any_size(name):  # CPU twins: the any-size tests of test_unet.py and test_deeplab.py
+def test_models_on_the_gpu_any_size(name):  # CPU twins: the two registry-wide tests above
     model = build_model(name, 5, base_chan=4).cuda()
     out = model(torch.randn(2, 3, 97, 65, device="cuda"))
     assert out.shape == (2, 5, 97, 65) and out.device.type == "cuda"

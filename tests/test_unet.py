@@ -1,7 +1,7 @@
-"""UNet: the block/encoder/decoder contract of the lab, any input size, injectable blocks, exercise regions."""
+"""UNet: the block/encoder/decoder contract of the lab, padding, injectable blocks, exercise regions (any input size
+and training: the registry-wide tests of test_models.py)."""
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from torch import nn
 import labcode.unet
 from labcode.models import count_parameters
 from labcode.unet import UNet, UNetConvBlock, UNetDecoder, UNetEncoder, UNetUpConvBlock
+from tools import release
 
 
 def conv_relu_bn_layers(block: nn.Module) -> list[type]:
@@ -92,18 +93,6 @@ def test_unet_default_configuration(default_unet):
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(
-    ("shape", "num_blocks", "base_chan"),
-    [((1, 3, 1080, 1080), 4, 2), ((3, 3, 97, 65), 4, 4), ((2, 3, 64, 48), 3, 4), ((1, 3, 1, 1), 2, 4)],
-)
-def test_unet_any_input_size(shape, num_blocks, base_chan):
-    model = UNet(5, num_blocks=num_blocks, base_chan=base_chan).eval()
-    with torch.no_grad():
-        out = model(torch.randn(shape))
-    assert out.shape == (shape[0], 5, *shape[2:])
-    assert torch.isfinite(out).all()
-
-
 def test_unet_pads_around_the_image_and_crops_back():
     model = UNet(4, num_blocks=3, base_chan=4).eval()
     x = torch.randn(2, 3, 29, 21)  # padded to 32 × 24: 1 row/col before, 2 after
@@ -111,17 +100,6 @@ def test_unet_pads_around_the_image_and_crops_back():
         out = model(x)
         reference = model(F.pad(x, (1, 2, 1, 2)))[:, :, 1:30, 1:22]
     torch.testing.assert_close(out, reference)
-
-
-def test_unet_forward_backward_cpu():
-    torch.manual_seed(0)
-    model = UNet(5, num_blocks=3, base_chan=4)
-    x, target = torch.randn(2, 3, 37, 45), torch.randint(0, 5, (2, 37, 45))
-    loss = F.cross_entropy(model(x), target)
-    loss.backward()
-    assert torch.isfinite(loss)
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 def test_injected_blocks_are_used():
@@ -154,39 +132,21 @@ EXPECTED_TITLES = [
     "UNetUpConvBlock forward",
     "Decoder first and last layers",
 ]
-BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION 03_unet: (.+)$")
-
-
-def solution_regions(lines):
-    regions, start = [], None
-    for i, line in enumerate(lines):
-        if BEGIN.match(line):
-            assert start is None, f"nested region at line {i + 1}"
-            start = i
-        elif line.strip() == "# END SOLUTION":
-            assert start is not None, f"END without BEGIN at line {i + 1}"
-            regions.append((start, i))
-            start = None
-    assert start is None, "unterminated region"
-    return regions
 
 
 def test_exercise_regions_are_well_formed_and_release_compiles():
     source = Path(labcode.unet.__file__).read_text()
-    lines = source.splitlines()
-    regions = solution_regions(lines)
-    assert [BEGIN.match(lines[s]).group(2) for s, _ in regions] == EXPECTED_TITLES
+    regions = release.find_regions(source, "labcode/unet.py")
+    assert [(region.stem, region.title) for region in regions] == [("03_unet", title) for title in EXPECTED_TITLES]
 
-    # Each region sits inside a method body: a function node contains both marker lines.
+    # Each region sits inside a function or method body, and is small.
     functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)]
-    for s, e in regions:
-        assert any(f.lineno < s + 1 and e + 1 <= f.end_lineno + 1 for f in functions), lines[s]
-        assert e - s - 1 <= 12, f"region {lines[s]!r} is not small"
+    for region in regions:
+        # (the END marker may follow the last statement: a comment is not part of the function node)
+        assert any(f.lineno < region.begin and region.end <= f.end_lineno + 1 for f in functions), region.title
+        assert len(region.body) <= 12, f"region {region.title!r} is not small"
 
-    # The student copy (each region replaced by a raise) must still be valid Python.
-    released = list(lines)
-    for s, e in reversed(regions):
-        indent, title = BEGIN.match(lines[s]).groups()
-        released[s : e + 1] = [f"{indent}raise NotImplementedError({title!r})"]
-    compile("\n".join(released), "unet_release.py", "exec")
-    assert "for block in self.blocks" in "\n".join(released)  # the propagation loop stays in the student version
+    # The student copy must still be valid Python, and keep what is not an exercise.
+    student = release.strip_regions(source, "labcode/unet.py")
+    compile(student, "unet_student.py", "exec")
+    assert "for block in self.blocks" in student  # the propagation loop stays in the student version

@@ -20,14 +20,13 @@ thread-safe) serves every request. Oversized uploads (bytes or pixels) get 413 a
 Memory is bounded per upload, and only ``workers`` uploads are read into memory at a time (the others wait in
 Starlette's spooled files): the decoded image (4 bytes per pixel, ``max_pixels`` at most), the network run on a
 copy whose longer side is at most ``max_side``, labels kept ``uint8`` at that resolution, and an answer drawn,
-blended and PNG-compressed strip by strip (see :mod:`labcode.uploads`). Every answer carries ``nosniff``, ``DENY`` framing
-and ``no-referrer`` headers, and the page a Content-Security-Policy allowing only its own inline script and style.
+blended and PNG-compressed strip by strip (see :mod:`labcode.uploads`). Every answer carries ``nosniff``, ``DENY``
+framing and ``no-referrer`` headers, and the page (:mod:`labcode.webpage`) a Content-Security-Policy allowing only its
+own inline script and style.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib.util
 import json
 import logging
@@ -44,8 +43,16 @@ from fastapi.staticfiles import StaticFiles
 
 from labcode.classes import CLASSES
 from labcode.errors import LabError
-from labcode.uploads import (DEFAULT_MAX_PIXELS, UploadError, class_fractions, legend, open_image, predict_labels,
-                             render_png)
+from labcode.uploads import (
+    DEFAULT_MAX_PIXELS,
+    UploadError,
+    class_fractions,
+    legend,
+    open_image,
+    predict_labels,
+    render_png,
+)
+from labcode.webpage import PAGE, PAGE_CSP
 
 if TYPE_CHECKING:
     from labcode.infer import Segmenter
@@ -89,32 +96,74 @@ def create_app(
         The ASGI app; run it with ``uvicorn.run(app, host=..., port=...)``.
     """
     import labcode
+
+    service = _Service(_open_segmenter(model, providers), max_upload_bytes, max_pixels, max_side, workers)
+    app = FastAPI(title="labcode segmentation", version=labcode.__version__, docs_url=None, redoc_url=None,
+                  description=f"Semantic segmentation of indoor photos with `{service.model_name}`.")
+    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes + _MULTIPART_SLACK,
+                       message=f"upload larger than the limit of {max_upload_bytes} bytes")
+    app.add_middleware(_SecurityHeaders)  # added last: outermost, so that every answer has the headers
+    _add_pages(app)
+    _add_api(app, service)
+    logger.info("serving %s with %s", service.model_name, ", ".join(getattr(service.segmenter, "providers", ["?"])))
+    return app
+
+
+def _open_segmenter(model: str | Path | Segmenter, providers: Sequence[str] | None) -> Segmenter:
     from labcode.infer import OnnxSegmenter
-    from labcode.transforms import MEAN, STD
 
     segmenter = OnnxSegmenter(model, providers=providers) if isinstance(model, (str, Path)) else model
     if getattr(segmenter, "num_classes", None) not in (None, len(CLASSES)):
         raise LabError(f"model {segmenter.path} outputs {segmenter.num_classes} classes but the course's class list "
                        f"has {len(CLASSES)}")
-    model_name = Path(segmenter.path).name
-    health = _health_info(segmenter, model_name, MEAN, STD, max_upload_bytes, max_pixels, max_side)
-    gate: list[tuple[anyio.Semaphore, anyio.CapacityLimiter]] = []  # made on first use, inside the event loop
+    return segmenter
 
-    def process(data: bytes, name: str, output: str, view: str, alpha: float) -> tuple[bytes, str]:
-        img = open_image(data, max_pixels=max_pixels, name=name)
-        labels = predict_labels(segmenter, img, max_side)
+
+class _Service:
+    """The model and the limits behind the endpoints; uploads are processed at most ``workers`` at a time."""
+
+    def __init__(self, segmenter: Segmenter, max_upload_bytes: int, max_pixels: int, max_side: int | None,
+                 workers: int) -> None:
+        from labcode.transforms import MEAN, STD
+
+        self.segmenter, self.max_upload_bytes, self.max_pixels, self.max_side = (segmenter, max_upload_bytes,
+                                                                                  max_pixels, max_side)
+        self.workers = workers
+        self.model_name = Path(segmenter.path).name
+        self.health = _health_info(segmenter, self.model_name, MEAN, STD, max_upload_bytes, max_pixels, max_side)
+        self._gate: tuple[anyio.Semaphore, anyio.CapacityLimiter] | None = None  # made inside the event loop
+
+    def process(self, data: bytes, name: str, output: str, view: str, alpha: float) -> tuple[bytes, str]:
+        """Decode, segment and encode one upload (in a worker thread); returns the body and its media type."""
+        img = open_image(data, max_pixels=self.max_pixels, name=name)
+        labels = predict_labels(self.segmenter, img, self.max_side)
         if output == "json":
             shares = class_fractions(labels, img.size)
             classes = [{**entry, "fraction": share} for entry, share in zip(legend(), shares)]
-            body = {"model": model_name, "width": img.width, "height": img.height, "classes": classes}
+            body = {"model": self.model_name, "width": img.width, "height": img.height, "classes": classes}
             return json.dumps(body).encode(), "application/json"
         return render_png(img, labels, view, alpha), "image/png"
 
-    app = FastAPI(title="labcode segmentation", version=labcode.__version__, docs_url=None, redoc_url=None,
-                  description=f"Semantic segmentation of indoor photos with `{model_name}`.")
-    app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes + _MULTIPART_SLACK,
-                       message=f"upload larger than the limit of {max_upload_bytes} bytes")
-    app.add_middleware(_SecurityHeaders)  # added last: outermost, so that every answer has the headers
+    async def answer(self, file: UploadFile, output: str, view: str, alpha: float) -> Response:
+        """Wait for a free slot, read the upload (refusing one over the limit), process it in a thread."""
+        name = file.filename or "upload"
+        if self._gate is None:
+            self._gate = (anyio.Semaphore(self.workers), anyio.CapacityLimiter(self.workers))
+        in_flight, threads = self._gate
+        async with in_flight:  # the uploads waiting their turn stay in Starlette's spooled files (on disk past 1 MiB)
+            data = await file.read(self.max_upload_bytes + 1)
+            if len(data) > self.max_upload_bytes:
+                raise HTTPException(413, f"{name} is larger than the limit of {self.max_upload_bytes} bytes")
+            try:
+                body, media_type = await anyio.to_thread.run_sync(
+                    partial(self.process, data, name, output, view, alpha), limiter=threads)
+            except UploadError as exc:
+                raise HTTPException(exc.status_code, str(exc)) from exc
+        return Response(body, media_type=media_type)
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The upload page and the API documentation, with Swagger UI's files served from here."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -129,9 +178,13 @@ def create_app(
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon.png")
 
+
+def _add_api(app: FastAPI, service: _Service) -> None:
+    """``GET /health`` and ``POST /segment``."""
+
     @app.get("/health", summary="model, input constraints, limits and legend")
     async def get_health() -> dict[str, Any]:
-        return health
+        return service.health
 
     @app.post("/segment", summary="segment an uploaded photo",
               response_class=Response,
@@ -144,23 +197,7 @@ def create_app(
         view: Annotated[Literal["overlay", "mask"], Query(description="overlay on the photo, or the mask")] = "overlay",
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="opacity of the overlay")] = 0.5,
     ) -> Response:
-        name = file.filename or "upload"
-        if not gate:
-            gate.append((anyio.Semaphore(workers), anyio.CapacityLimiter(workers)))
-        in_flight, threads = gate[0]
-        async with in_flight:  # the uploads waiting their turn stay in Starlette's spooled files (on disk past 1 MiB)
-            data = await file.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise HTTPException(413, f"{name} is larger than the limit of {max_upload_bytes} bytes")
-            try:
-                body, media_type = await anyio.to_thread.run_sync(
-                    partial(process, data, name, output, view, alpha), limiter=threads)
-            except UploadError as exc:
-                raise HTTPException(exc.status_code, str(exc)) from exc
-        return Response(body, media_type=media_type)
-
-    logger.info("serving %s with %s", model_name, ", ".join(getattr(segmenter, "providers", ["?"])))
-    return app
+        return await service.answer(file, output, view, alpha)
 
 
 def _health_info(segmenter, model_name: str, mean, std, max_upload_bytes: int, max_pixels: int,
@@ -265,114 +302,3 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The page (no external resources: the course machines may be offline)
-# --------------------------------------------------------------------------------------------------------------------
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>labcode segmentation</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
-  form { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
-  .panels { display: flex; gap: 1.5rem; align-items: flex-start; flex-wrap: wrap; margin-top: 1rem; }
-  figure { margin: 0; }
-  figcaption { font-weight: 600; margin-bottom: .3rem; }
-  figure img { max-width: 420px; max-height: 420px; border: 1px solid #bbb; background: #f4f4f4; }
-  #legend { list-style: none; padding: 0; margin: 0; font-size: .9rem; }
-  #legend li { margin: .15rem 0; }
-  .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #333; margin-right: .5em;
-            vertical-align: middle; }
-  #status { min-height: 1.2em; }
-  .error { color: #b00; }
-</style>
-</head>
-<body>
-<h1>Semantic segmentation</h1>
-<p id="model">loading the model description...</p>
-<form id="form">
-  <input type="file" id="file" name="file" accept="image/*" required>
-  <label>show
-    <select id="view" name="view">
-      <option value="mask">the classes</option>
-      <option value="overlay">the classes over the photo</option>
-    </select>
-  </label>
-  <button type="submit" id="submit">Segment</button>
-</form>
-<p id="status" role="status"></p>
-<div class="panels">
-  <figure><figcaption>input</figcaption><img id="input" alt="the chosen photo"></figure>
-  <figure><figcaption>segmentation</figcaption><img id="result" alt="the segmentation"></figure>
-  <figure><figcaption>legend</figcaption><ul id="legend"></ul></figure>
-</div>
-<script>
-const byId = (id) => document.getElementById(id);
-const setStatus = (text, isError = false) => {
-  byId("status").textContent = text;
-  byId("status").className = isError ? "error" : "";
-};
-const showBlob = (img, blob) => {
-  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-  img.src = URL.createObjectURL(blob);
-};
-
-fetch("health").then((response) => response.json()).then((info) => {
-  const megabytes = (info.limits.max_upload_bytes / 2 ** 20).toFixed(1);
-  const megapixels = info.limits.max_pixels / 1e6;
-  byId("model").textContent = `model ${info.model}; images up to ${megabytes} MB and ${megapixels} megapixels`;
-  for (const entry of info.classes) {
-    const item = document.createElement("li");
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = entry.color;
-    item.append(swatch, entry.name);
-    byId("legend").append(item);
-  }
-}).catch((err) => setStatus(`cannot reach the server: ${err}`, true));
-
-byId("form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const file = byId("file").files[0];
-  if (!file) return;
-  showBlob(byId("input"), file);
-  const body = new FormData();
-  body.append("file", file);
-  setStatus("segmenting...");
-  const started = performance.now();
-  try {
-    const response = await fetch(`segment?view=${byId("view").value}`, { method: "POST", body });
-    if (!response.ok) {
-      const text = await response.text();
-      let detail = text;
-      try { detail = JSON.parse(text).detail; } catch (err) { /* not JSON */ }
-      setStatus(`error ${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`, true);
-      return;
-    }
-    const result = byId("result");
-    result.onload = () => setStatus(`done: ${result.naturalWidth}x${result.naturalHeight} in `
-                                 + `${Math.round(performance.now() - started)} ms`);
-    showBlob(result, await response.blob());
-  } catch (err) {
-    setStatus(`request failed: ${err}`, true);
-  }
-});
-</script>
-</body>
-</html>
-"""
-
-
-def _inline_hash(tag: str) -> str:
-    """CSP source ``'sha256-...'`` of the content of the page's ``<tag>`` element."""
-    content = PAGE.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
-    return "'sha256-" + base64.b64encode(hashlib.sha256(content.encode()).digest()).decode() + "'"
-
-
-#: Content-Security-Policy of the page: its own inline style and script only, requests to this server, blob: images.
-PAGE_CSP = (f"default-src 'none'; script-src {_inline_hash('script')}; style-src {_inline_hash('style')}; "
-            "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")

@@ -1,0 +1,67 @@
+"""Uploads in, answers out (labcode.uploads): decoding with pixel limits, downscaled prediction, strip-wise PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labcode.classes import CLASSES
+from tests.test_serve import decode_png, encode, photo, png_header_only, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# In-process: decoding, loading once, the command's errors
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_decode_scales_16_bit_grayscale_to_8_bit():
+    from labcode.uploads import decode_image
+
+    values = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
+    image = decode_image(encode(Image.fromarray(values), "PNG"))
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], np.rint(values / 257.0).astype(np.uint8))
+    assert (image == image[..., :1]).all()
+
+
+def test_decode_checks_pixels_before_decoding():
+    from labcode.uploads import UploadError, decode_image
+
+    data = png_header_only(100, 100)
+    with pytest.raises(UploadError) as refused:
+        decode_image(data, max_pixels=9999, name="x.png")
+    assert refused.value.status_code == 413 and "x.png is 100x100" in str(refused.value)
+    with pytest.raises(UploadError) as broken:  # allowed size: now the missing data is found
+        decode_image(data, max_pixels=10_000, name="x.png")
+    assert broken.value.status_code == 400 and "cannot decode x.png" in str(broken.value)
+
+
+def test_png_strips_encode_exactly_the_image():
+    from labcode.uploads import encode_png, encode_png_strips
+
+    image = np.asarray(photo(301, 97, seed=4))
+    for data in (encode_png(image), encode_png_strips([image[:10], image[10:11], image[11:]], 301, 97)):
+        np.testing.assert_array_equal(decode_png(data), image)
+    with pytest.raises(ValueError, match="96 rows, not 97"):
+        encode_png_strips([image[:96]], 301, 97)
+
+
+def test_json_shares_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
+    from labcode.infer import OnnxSegmenter, resize_labels_nearest
+    from labcode.uploads import class_fractions, open_image, predict_labels
+
+    segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
+    img = open_image(encode(photo(700, 433, seed=9), "PNG"))
+    small = predict_labels(segmenter, img, 256)
+    assert small.dtype == np.uint8 and small.shape == (158, 256) and len(np.unique(small)) > 1
+    full = resize_labels_nearest(small, 433, 700)
+    counts = np.bincount(full.ravel(), minlength=len(CLASSES))
+    np.testing.assert_allclose(class_fractions(small, (700, 433)), counts / full.size, atol=1e-12)
+    np.testing.assert_array_equal(full, segmenter.predict(np.asarray(img), max_size=256))  # as the library does
