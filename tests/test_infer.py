@@ -15,12 +15,21 @@ from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.data import StanfordDataset
 from labcode.errors import LabError
 from labcode.export import export_onnx
-from labcode.infer import (ImageFileError, ModelFileError, OnnxSegmenter, Segmenter, TorchSegmenter, as_rgb,
-                           evaluate_areas, format_metrics_table, load_segmenter, read_image, resize_labels_nearest,
-                           segment_image_file)
+from labcode.infer import (
+    ImageFileError,
+    ModelFileError,
+    OnnxSegmenter,
+    Segmenter,
+    TorchSegmenter,
+    as_rgb,
+    load_segmenter,
+    read_image,
+    resize_labels_nearest,
+    segment_image_file,
+)
 from labcode.models import build_model
+from labcode.scoring import evaluate_areas, format_metrics_table
 from labcode.transforms import preprocess
-
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +155,9 @@ def test_evaluate_areas_matches_an_independent_count(model_files, synth_root: Pa
     f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
     assert result["images"] == len(dataset) and result["areas"] == ["5a"]
     assert result["macro_f1"] == pytest.approx(f1.mean(), abs=2e-3)
-    assert result["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=2e-3)
-    assert list(result["f1"]) == list(CLASSES)
+    assert result["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=2e-3)
+    assert list(result["f1_per_class"]) == list(result["iou_per_class"]) == list(CLASSES)
+    assert list(result["support"].values()) == cm.sum(axis=1).tolist()  # target pixels of each class
     json.loads(json.dumps(result, allow_nan=False))  # strict JSON: absent classes are null, not NaN
     table = format_metrics_table(result)
     assert "macro F1" in table and "window" in table and f"{result['macro_f1']:6.3f}" in table
@@ -236,3 +246,30 @@ def test_onnx_sessions_use_the_settings_they_report(model_files) -> None:
     assert used.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     image = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     assert np.array_equal(one.predict(image), default.predict(image))
+
+
+def test_a_network_in_memory_predicts_as_its_checkpoint(model_files) -> None:
+    model, _, ckpt = model_files
+    in_memory = TorchSegmenter.from_model(model, "cpu")
+    image = np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    assert np.array_equal(in_memory.predict(image), torch_labels(model, image))
+    assert np.array_equal(in_memory.predict(image, max_size=32),
+                          TorchSegmenter(ckpt, device="cpu").predict(image, max_size=32))
+    assert in_memory.num_classes == NUM_CLASSES and str(in_memory.path) == "<in-memory model>"
+    five = build_model("unet", 5, num_blocks=1, base_chan=2)
+    with pytest.raises(ModelFileError, match="model five outputs 5 classes"):
+        TorchSegmenter.from_model(five, "cpu", name="five")
+    assert TorchSegmenter.from_model(five, "cpu", num_classes=None).num_classes == 5
+
+
+def test_sessions_log_errors_only_without_touching_the_global_logger(model_files) -> None:
+    import subprocess
+    import sys
+
+    _, onnx_path, _ = model_files
+    assert OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"]).session.get_session_options() \
+        .log_severity_level == 3
+    # Importing labcode.infer and opening a session leave ONNX Runtime's default logger alone.
+    code = ("import sys, onnxruntime as ort; calls = []; ort.set_default_logger_severity = calls.append; "
+            "from labcode.infer import OnnxSegmenter; OnnxSegmenter(sys.argv[1]); sys.exit(len(calls))")
+    assert subprocess.run([sys.executable, "-c", code, str(onnx_path)], timeout=120).returncode == 0
