@@ -140,9 +140,12 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m labcode.models: the same as python -m labcode models
-    import sys
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the summary of a model on a dummy batch: the ``models`` command (:mod:`labcode.commands.models`)."""
+    from labcode.commands.models import main as models_command
 
-    from labcode.cli import main
+    return models_command(argv)
 
-    raise SystemExit(main(["models", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,14 +12,15 @@ import argparse
 from collections.abc import Sequence
 
 from labcode.classes import NUM_CLASSES
-from labcode.commands.options import ArgumentParser, positive_int
+from labcode.commands.options import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
     from labcode.models import MODELS
 
-    parser = ArgumentParser(prog="python -m labcode models", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    # a plain argparse parser, as before the command had its module: errors print the usage and exit with status 2
+    parser = argparse.ArgumentParser(prog="python -m labcode.models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
     parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
                         help=f"number of classes (default: {NUM_CLASSES})")
