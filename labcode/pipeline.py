@@ -50,16 +50,12 @@ def run_pipeline(
         config: a :class:`labcode.train.TrainConfig` to train a new model with (its ``logdir`` and ``run_name`` are
             set to ``out``), or ``None`` for the course's reference model, trained first when missing
             (:func:`labcode.reference.train_reference`) and copied into ``out``.
-        retrain: with the reference model, train it again even if it exists.
-        reference_overrides: fields of the recipe changed when the reference model is trained (``amp``, ``small``,
-            ``device``).
-        areas_test: the held-out areas.
-        test_img_size: side of the test images; ``None``: the training size (the scale the model saw), 0: native.
-        num_workers: loader processes of the test.
-        overwrite: replace a non-empty ``out`` (else refuse it).
-        progress: tqdm bars.
-        command: the command line, for the training run's summary.
-        on_step: called with each progress message (default: logged).
+        retrain, reference_overrides: train the reference model again even if it exists; recipe fields changed when
+            it is trained (``amp``, ``small``, ``device``).
+        areas_test, test_img_size: the held-out areas; the side of their images (``None``: the training size, the
+            scale the model saw; 0: native).
+        num_workers, overwrite, progress: loader processes of the test; replace a non-empty ``out``; tqdm bars.
+        command, on_step: the command line, for the run's summary; called with each progress message (default: logged).
 
     Returns:
         The contents of ``pipeline.json`` (``run_dir``, ``datadir``, ``reference``, ``reference_model``, ``device``,
@@ -85,12 +81,7 @@ def run_pipeline(
         return model
     datadir = Path(model["datadir"])
     test_images = StanfordDataset(datadir, areas=list(areas_test))
-    epoch_time = sum(model["epoch_times"]) / max(1, len(model["epoch_times"]))
-    say(f"      best validation macro F1 {model['best_macro_f1']:.4f} at epoch {model['best_epoch'] + 1}, "
-        f"{epoch_time:.1f} s per epoch")
-    say(f"[2/4] exported {model['onnx']}; max |ONNX - PyTorch|: "
-        + ", ".join(f"{size} {diff:.1e}" for size, diff in model["parity"].items()))
-    say(f"[3/4] testing on areas {' '.join(areas_test)} ({len(test_images)} images)")
+    epoch_time = _announce(model, areas_test, len(test_images), say)
     test_size = model["img_size"] if test_img_size is None else (test_img_size or None)
     tested, segmented = _test(model["onnx"], datadir, areas_test, test_images.files[0].rgb, out, test_size,
                               num_workers, progress, say)
@@ -103,6 +94,17 @@ def run_pipeline(
     }
     (out / "pipeline.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "interrupted": False, "test_scores": tested}
+
+
+def _announce(model: dict[str, Any], areas_test: Sequence[str], test_images: int, say: Callable[[str], None]) -> float:
+    """Say how the model trained, how it exported, what it is tested on; return its mean epoch time."""
+    epoch_time = sum(model["epoch_times"]) / max(1, len(model["epoch_times"]))
+    say(f"      best validation macro F1 {model['best_macro_f1']:.4f} at epoch {model['best_epoch'] + 1}, "
+        f"{epoch_time:.1f} s per epoch")
+    say(f"[2/4] exported {model['onnx']}; max |ONNX - PyTorch|: "
+        + ", ".join(f"{size} {diff:.1e}" for size, diff in model["parity"].items()))
+    say(f"[3/4] testing on areas {' '.join(areas_test)} ({test_images} images)")
+    return epoch_time
 
 
 def _model_summary(model: dict[str, Any], epoch_time: float) -> dict[str, Any]:
