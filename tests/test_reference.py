@@ -160,7 +160,7 @@ def test_split_of_the_reference_validation_is_room_disjoint(synth_root: Path):
     assert not {area for area, _ in valid_rooms} & set(reference.TEST_AREAS)
 
 
-def test_scores_of_a_run_written_with_the_former_metric_names_read_under_today_s(tmp_path: Path) -> None:
+def test_scores_written_with_the_former_metric_names_read_under_today_s(tmp_path: Path) -> None:
     from labcode.commands.reference import describe
 
     old = {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "miou": 0.4, "accuracy": 0.8, "f1": {"wall": 0.5},
