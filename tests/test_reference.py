@@ -166,7 +166,8 @@ def test_scores_written_with_the_former_metric_names_read_under_today_s(tmp_path
     old = {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "miou": 0.4, "accuracy": 0.8, "f1": {"wall": 0.5},
            "iou": {"wall": 0.4}}
     summary = {"model": "best.onnx", "training_seconds": 60, "device": "cpu", "precision": "fp32", "train_images": 9,
-               "valid_images": 1, "best_epoch": 0, "best_valid_macro_f1": 0.5, "scores": {"train": {**old, "areas": ["1"]}, "5a": old}}
+               "valid_images": 1, "best_epoch": 0, "best_valid_macro_f1": 0.5,
+               "scores": {"train": {**old, "areas": ["1"]}, "5a": old}}
     (tmp_path / "reference.json").write_text(json.dumps(summary))
     scores = reference.read_scores(tmp_path)["scores"]["5a"]
     assert scores == {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "mean_iou": 0.4, "pixel_accuracy": 0.8,
