@@ -93,11 +93,12 @@ def make_hidden_set(out: Path, *, images: int = 120, size: int | None = None, se
     The seed is drawn from the system's secure random source unless given, and kept in ``out/hidden.json`` with the
     list of shareable images; nothing of it is written anywhere else.
     """
+    from labcode.classes import TEST_AREAS
     from labcode.synth import DEFAULT_SYNTH, area_image_counts, generate_dataset
 
     seed = secrets.randbits(62) if seed is None else seed
-    counts = area_image_counts(images, ("5a", "5b"))
-    root = generate_dataset(out / "stanford", areas=("5a", "5b"), images_per_area=counts,
+    counts = area_image_counts(images, TEST_AREAS)
+    root = generate_dataset(out / "stanford", areas=TEST_AREAS, images_per_area=counts,
                             size=size or DEFAULT_SYNTH.size, seed=seed, workers=2, progress=False)
     (out / "hidden.json").write_text(json.dumps({"seed": seed, "images": sum(counts.values()),
                                                  "areas": counts}, indent=1))
