@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,13 @@ import torch
 from PIL import Image
 
 from labcode.checkpoint import save_checkpoint
-from labcode.classes import CLASSES, NUM_CLASSES
-from labcode.data import StanfordDataset
+from labcode.classes import NUM_CLASSES
 from labcode.errors import LabError
 from labcode.export import export_onnx
 from labcode.infer import (
     ImageFileError,
     ModelFileError,
     OnnxSegmenter,
-    Segmenter,
     TorchSegmenter,
     as_rgb,
     load_segmenter,
@@ -28,7 +25,6 @@ from labcode.infer import (
     segment_image_file,
 )
 from labcode.models import build_model
-from labcode.scoring import evaluate_areas, format_metrics_table
 from labcode.transforms import preprocess
 
 
@@ -142,27 +138,6 @@ def test_unreadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
         load_segmenter(tmp_path / "absent.onnx")
 
 
-def test_evaluate_areas_matches_an_independent_count(model_files, synth_root: Path) -> None:
-    model, onnx_path, _ = model_files
-    result = evaluate_areas(OnnxSegmenter(onnx_path), synth_root, ["5a"], progress=False)
-    dataset = StanfordDataset(synth_root, areas=["5a"])
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    for i in range(len(dataset)):
-        image, mask = dataset[i]
-        np.add.at(cm, (mask.ravel(), torch_labels(model, image).ravel()), 1)
-    tp, fp, fn = np.diag(cm), cm.sum(0) - np.diag(cm), cm.sum(1) - np.diag(cm)
-    present = tp + fp + fn > 0
-    f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
-    assert result["images"] == len(dataset) and result["areas"] == ["5a"]
-    assert result["macro_f1"] == pytest.approx(f1.mean(), abs=2e-3)
-    assert result["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=2e-3)
-    assert list(result["f1_per_class"]) == list(result["iou_per_class"]) == list(CLASSES)
-    assert list(result["support"].values()) == cm.sum(axis=1).tolist()  # target pixels of each class
-    json.loads(json.dumps(result, allow_nan=False))  # strict JSON: absent classes are null, not NaN
-    table = format_metrics_table(result)
-    assert "macro F1" in table and "window" in table and f"{result['macro_f1']:6.3f}" in table
-
-
 def test_segment_image_file_writes_a_figure_and_a_full_resolution_mask(model_files, tmp_path: Path) -> None:
     _, onnx_path, _ = model_files
     photo = np.random.default_rng(3).integers(0, 256, (70, 50, 4), dtype=np.uint8)
@@ -196,19 +171,6 @@ def test_a_model_with_another_number_of_classes_is_refused(five_class_files) -> 
         assert str(info.value).startswith(f"model {path} outputs 5 classes but the course's class list has 14")
     assert OnnxSegmenter(five_class_files[0], num_classes=None).num_classes == 5  # when asked to accept any
     assert TorchSegmenter(five_class_files[1], device="cpu", num_classes=5).num_classes == 5
-
-
-def test_evaluation_checks_the_classes_of_any_segmenter(synth_root: Path) -> None:
-    class FiveClasses(Segmenter):
-        path = Path("five-classes")
-
-        def logits(self, batch: np.ndarray) -> np.ndarray:
-            return np.zeros((batch.shape[0], 5, *batch.shape[2:]), dtype=np.float32)
-
-    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
-        evaluate_areas(FiveClasses(), synth_root, ["5a"], num_workers=0, progress=False)
-    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
-        FiveClasses().predict(np.zeros((8, 8, 3), dtype=np.uint8))
 
 
 def test_test_command_refuses_a_model_with_another_number_of_classes(five_class_files, synth_root: Path,
