@@ -29,8 +29,10 @@ def load_average() -> str:
 
 def run_once(datadir, logdir: str, *, amp: bool, epochs: int | None, index: int) -> dict:
     """One training with the recipe, then its score on the test areas at the training size."""
-    from labcode.infer import OnnxSegmenter, evaluate_areas
-    from labcode.reference import TEST_AREAS, recipe_config
+    from labcode.classes import TEST_AREAS
+    from labcode.infer import OnnxSegmenter
+    from labcode.reference import recipe_config
+    from labcode.scoring import evaluate_areas
     from labcode.train import fit
 
     overrides = {"epochs": epochs} if epochs else {}
@@ -44,7 +46,7 @@ def run_once(datadir, logdir: str, *, amp: bool, epochs: int | None, index: int)
             "epoch_s": statistics.median(trained["epoch_times"]), "fastest_epoch_s": min(trained["epoch_times"]),
             "precision": trained["precision"],
             "best_epoch": trained["best_epoch"] + 1, "valid_f1": trained["best_macro_f1"],
-            "test_f1": tested["macro_f1"], "test_miou": tested["miou"], "images": tested["images"],
+            "test_macro_f1": tested["macro_f1"], "test_mean_iou": tested["mean_iou"], "images": tested["images"],
             "train_images": trained["train_size"], "valid_images": trained["valid_size"]}
 
 
@@ -77,15 +79,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([index + 1, f"{result['seconds']:.0f}", result["precision"], result["epochs"],
                          f"{result['epoch_s']:.1f}", f"{result['fastest_epoch_s']:.1f}", result["best_epoch"],
                          f"{result['valid_f1']:.3f}",
-                         f"{result['test_f1']:.3f}", f"{result['test_miou']:.3f}", f"{before} -> {load_average()}"])
+                         f"{result['test_macro_f1']:.3f}", f"{result['test_mean_iou']:.3f}",
+                         f"{before} -> {load_average()}"])
     first = runs[0]
     print(f"{first['train_images']} training / {first['valid_images']} validation images (whole rooms of areas "
           f"1, 2, 3, 4, 6); test: {first['images']} images of 5a + 5b at the training size")
     print_table(["run", "training s", "precision", "epochs", "median s/epoch", "fastest epoch s", "best epoch",
                  "valid macro F1",
                  "5a+5b macro F1", "5a+5b mIoU", "load average (1/5/15 min)"], rows)
-    print(f"median of {len(runs)}: training {statistics.median(r['seconds'] for r in runs):.0f} s, held-out macro F1 "
-          f"{statistics.median(r['test_f1'] for r in runs):.3f} (mIoU {statistics.median(r['test_miou'] for r in runs):.3f})")
+    median = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "test_macro_f1", "test_mean_iou")}
+    print(f"median of {len(runs)}: training {median['seconds']:.0f} s, held-out macro F1 "
+          f"{median['test_macro_f1']:.3f} (mIoU {median['test_mean_iou']:.3f})")
     return 0
 
 

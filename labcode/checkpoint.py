@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, safe loading, random-generator states and model rebuilding.
+"""Training checkpoints: atomic writes, safe loading, random-generator states, model rebuilding, and the checks of a
+resume (:func:`find_resume_checkpoint`, :func:`check_same_architecture`).
 
 A checkpoint is a plain dict holding only tensors and primitive Python values (numbers, strings, lists, dicts), so
 that it loads with ``torch.load(..., weights_only=True)``: loading a file never runs code from it. The keys written
@@ -22,13 +23,16 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from labcode.errors import LabError
+
+if TYPE_CHECKING:
+    from labcode.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +174,39 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
                               f"({state['num_classes']} classes, options {state.get('model_options', {})}): "
                               f"{details[:300] or type(exc).__name__}") from exc
     return model.eval(), state
+
+
+def find_resume_checkpoint(resume: str | Path) -> Path:
+    """The checkpoint named by ``resume``: the file itself, or ``last.pt`` of a run directory."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def check_same_architecture(config: TrainConfig, resumed: dict[str, Any], path: str | Path) -> None:
+    """Refuse to resume a checkpoint with another model or other model options than ``config`` asks for.
+
+    The network is rebuilt from the checkpoint, so an architecture given now would be silently ignored while the
+    run's summary and saved configuration recorded it. Options that do not change the network (epochs, learning
+    rate, ...) may change.
+
+    Raises:
+        LabError: the model name or model options differ; the message lists every difference.
+    """
+    from labcode.models import model_options_with_defaults
+
+    saved_name = resumed.get("model_name")
+    if config.model != saved_name:
+        raise LabError(f"--resume {path}: the checkpoint holds a {saved_name} model but this run asks for "
+                       f"{config.model}; the architecture cannot change on resume (leave --model out to continue "
+                       "the checkpoint's, or start a new run)")
+    saved = model_options_with_defaults(saved_name, resumed.get("model_options", {}))
+    wanted = model_options_with_defaults(config.model, config.model_options)
+    differences = [f"{key} {wanted[key]} (checkpoint: {saved[key]})" for key in wanted if wanted[key] != saved[key]]
+    if differences:
+        raise LabError(f"--resume {path}: the architecture cannot change on resume, but this run asks for "
+                       f"{'; '.join(differences)}; leave these options out to continue the checkpoint's, or start "
+                       "a new run")

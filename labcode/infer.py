@@ -1,13 +1,14 @@
-"""Inference with an exported model (ONNX Runtime) or a checkpoint: whole areas with metrics, or single photos.
+"""Inference with an exported model (ONNX Runtime), a checkpoint or a network in memory, on photos of any size.
 
 A segmenter turns images of any size into class maps of the same size. :class:`OnnxSegmenter` needs only
-onnxruntime and NumPy at prediction time; :class:`TorchSegmenter` runs a training checkpoint with the same interface.
-Both use :func:`labcode.transforms.preprocess`, the normalisation of training.
+onnxruntime and NumPy at prediction time; :class:`TorchSegmenter` runs a training checkpoint (or, with
+:meth:`TorchSegmenter.from_model`, a network in memory) with the same interface. Both use
+:func:`labcode.transforms.preprocess`, the normalisation of training. Whole areas are scored by
+:func:`labcode.scoring.evaluate_areas`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -18,8 +19,6 @@ import numpy as np
 
 from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.errors import LabError
-
-logger = logging.getLogger(__name__)
 
 
 class ModelFileError(LabError):
@@ -203,13 +202,15 @@ def session_settings(threads: int | None = None) -> dict[str, Any]:
       the 8.6 M-parameter UNet, 1.5 GB without the arena, which costs 6-9 % more time at 256x256);
     - ``allow_spinning`` on: pool threads spin between operators instead of sleeping (on a shared two-core machine a
       256x256 image took 152 ms with spinning and 184 ms without in its quiet moments; under load they were alike).
+    - ``log_severity_level`` 3: the session logs errors only (set per session: nothing changes ONNX Runtime's global
+      logger).
 
     Most of these are ONNX Runtime's defaults, written out so that a change of default cannot slow the course down
     unseen; the time goes to the 3x3 convolutions, which ONNX Runtime already runs in the NCHWc layout.
     """
     return {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
             "intra_op_num_threads": threads or physical_cores(), "inter_op_num_threads": 1,
-            "enable_mem_pattern": True, "enable_cpu_mem_arena": True, "allow_spinning": True}
+            "enable_mem_pattern": True, "enable_cpu_mem_arena": True, "allow_spinning": True, "log_severity_level": 3}
 
 
 def session_options(settings: dict[str, Any] | None = None):
@@ -218,7 +219,7 @@ def session_options(settings: dict[str, Any] | None = None):
 
     settings = session_settings() if settings is None else settings
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = settings["log_severity_level"]
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings["graph_optimization_level"])
     options.execution_mode = getattr(ort.ExecutionMode, settings["execution_mode"])
     options.intra_op_num_threads = settings["intra_op_num_threads"]
@@ -252,7 +253,6 @@ class OnnxSegmenter(Segmenter):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model not found: {self.path}")
-        ort.set_default_logger_severity(3)
         if providers is None:
             wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if _cuda_usable() else ["CPUExecutionProvider"]
             providers = [p for p in wanted if p in ort.get_available_providers()]
@@ -301,17 +301,35 @@ class TorchSegmenter(Segmenter):
     """
 
     def __init__(self, path: str | Path, device: str | None = None, *, num_classes: int | None = NUM_CLASSES) -> None:
-        import torch
-
         from labcode.checkpoint import load_model
 
-        self.path = Path(path)
+        model, state = load_model(Path(path), map_location="cpu")
+        self._setup(model, Path(path), device, num_classes, found=int(state["num_classes"]))
+
+    @classmethod
+    def from_model(cls, model, device: str | None = None, *, name: str = "<in-memory model>",
+                   num_classes: int | None = NUM_CLASSES) -> "TorchSegmenter":
+        """A segmenter of ``model``, a network in memory (one just trained, say) mapping ``(B, 3, H, W)`` images to
+        ``(B, K, H, W)`` logits, put in eval mode on ``device``; ``name`` stands for a file name in messages.
+
+        Raises:
+            ModelFileError: the model outputs another number of classes (checked on a 64x64 image).
+        """
+        segmenter = cls.__new__(cls)
+        segmenter._setup(model, Path(name), device, num_classes)
+        return segmenter
+
+    def _setup(self, model, path: Path, device: str | None, num_classes: int | None, found: int | None = None) -> None:
+        import torch
+
+        self.path = path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, state = load_model(self.path, map_location="cpu")
-        self.num_classes = int(state["num_classes"])
+        self.model = model.to(self.device).eval()
+        if found is None:  # an in-memory network: run it once
+            found = self.logits(np.zeros((1, 3, 64, 64), dtype=np.float32)).shape[1]
+        self.num_classes = found
         if num_classes is not None and self.num_classes != num_classes:
             raise ModelFileError(_classes_message(self.path, self.num_classes))
-        self.model.to(self.device)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -338,76 +356,8 @@ def load_segmenter(path: str | Path) -> Segmenter:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Whole areas and single photos
+# Single photos (whole areas: labcode.scoring)
 # --------------------------------------------------------------------------------------------------------------------
-
-def evaluate_areas(
-    segmenter: Segmenter,
-    datadir: str | Path,
-    areas: Sequence[str],
-    *,
-    img_size: int | None = None,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Segment every image of ``areas`` and score the predictions with one confusion matrix over all pixels.
-
-    Args:
-        segmenter: the model.
-        datadir: data set root.
-        areas: areas to test on, e.g. ``["5a", "5b"]``.
-        img_size: resize images (and masks, nearest) to this square size; native resolution when ``None``.
-        batch_size, num_workers: loading (``batch_size > 1`` needs equal sizes, e.g. with ``img_size``).
-        progress: show a progress bar.
-
-    Returns:
-        JSON-ready dict: ``model``, ``datadir``, ``areas``, ``images``, ``macro_f1``, ``miou``, ``accuracy``, ``f1``
-        and ``iou`` (class name -> value), ``confusion`` (K x K counts, rows are targets).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from labcode.data import get_test_dataloader
-    from labcode.engine import metrics_summary, nan_to_none
-    from labcode.metrics import ConfusionMatrix
-
-    loader = get_test_dataloader(datadir, list(areas), img_size=img_size, batch_size=batch_size,
-                                 num_workers=num_workers)
-    confusion = ConfusionMatrix(NUM_CLASSES)
-    images = 0
-    for batch, targets in tqdm(loader, desc=f"test {' '.join(areas)}", disable=not progress, unit="batch"):
-        preds = check_logits(segmenter.logits(batch.numpy()), segmenter.path).argmax(axis=1)
-        confusion.update(torch.from_numpy(preds.astype(np.int64)), targets)
-        images += batch.shape[0]
-    scores = metrics_summary(confusion)
-    return nan_to_none({
-        "model": str(segmenter.path),
-        "datadir": str(datadir),
-        "areas": list(areas),
-        "images": images,
-        "macro_f1": scores["macro_f1"],
-        "miou": scores["miou"],
-        "accuracy": scores["accuracy"],
-        "f1": dict(zip(CLASSES, scores["f1"])),
-        "iou": dict(zip(CLASSES, scores["iou"])),
-        "confusion": confusion.matrix.cpu().tolist(),
-    })
-
-
-def _cell(value: float | None) -> str:
-    return "     -" if value is None or value != value else f"{value:6.3f}"
-
-
-def format_metrics_table(result: dict[str, Any]) -> str:
-    """A plain-text table of per-class F1 and IoU followed by the macro F1, mIoU and accuracy."""
-    width = max(len(name) for name in result["f1"])
-    lines = [f"{'class':<{width}}  {'F1':>6}  {'IoU':>6}", "-" * (width + 16)]
-    lines += [f"{name:<{width}}  {_cell(result['f1'][name])}  {_cell(result['iou'][name])}" for name in result["f1"]]
-    lines += ["-" * (width + 16), f"{'macro F1':<{width}}  {_cell(result['macro_f1'])}",
-              f"{'mIoU':<{width}}  {_cell(result['miou'])}", f"{'accuracy':<{width}}  {_cell(result['accuracy'])}"]
-    return "\n".join(lines)
-
 
 def segment_image_file(
     segmenter: Segmenter,

@@ -92,7 +92,7 @@ def pipeline_report(run_dir: Path) -> Callable[[str], str]:
                 ("best validation macro F1",
                  f"{summary['best_valid_macro_f1']:.4f} (epoch {summary['best_epoch'] + 1})"),
                 (f"held-out {'+'.join(summary['test_areas'])} macro F1", f"{summary['test_macro_f1']:.4f}"),
-                (f"held-out {'+'.join(summary['test_areas'])} mIoU", f"{summary['test_miou']:.4f}"),
+                (f"held-out {'+'.join(summary['test_areas'])} mIoU", f"{summary['test_mean_iou']:.4f}"),
                 ("ONNX parity (max abs diff)", ", ".join(f"{k} {v:.1e}" for k, v in summary["parity"].items())),
                 ("total", f"{summary['total_seconds']:.0f} s")]
         return "| what | result |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -12,12 +12,10 @@ import pytest
 import torch
 
 from labcode import checkpoint
-from labcode.checkpoint import (CheckpointError, load_checkpoint, load_model, rng_state, save_checkpoint,
-                                set_rng_state)
+from labcode.checkpoint import CheckpointError, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
+from labcode.config import warmup_cosine
 from labcode.errors import LabError
 from labcode.models import build_model
-from labcode.train import warmup_cosine
-
 
 
 def _training_state(steps: int = 3) -> tuple[dict, torch.nn.Module, torch.optim.Optimizer]:

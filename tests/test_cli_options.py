@@ -132,3 +132,35 @@ def test_user_message_unwraps_an_error_raised_in_a_loader_worker():
                                 "recent call last):\n  ...\nFileNotFoundError: image not found: b.png")
     assert user_message(missing) == "image not found: b.png"
     assert user_message(DatasetError("plain message")) == "plain message"
+
+
+def test_models_and_check_are_commands_like_the_others(capsys):
+    from labcode.cli import COMMANDS
+
+    assert COMMANDS["models"][0] == "labcode.commands.models" and COMMANDS["check"][0] == "labcode.commands.check"
+    assert main(["models", "--img-size", "32", "--num-blocks", "2", "--base-chan", "4"]) == 0
+    assert "decoder.classifier" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:  # argparse's own error, as python -m labcode.models always did
+        main(["models", "--model", "deeplabv3plus", "--num-blocks", "2"])
+    assert info.value.code == 2 and "no option 'num_blocks'" in capsys.readouterr().err
+    assert main(["check", "--notebook", "99"]) == 2  # labcode.check.main: no exercise for that notebook
+    assert "no exercise for notebook '99'" in capsys.readouterr().err
+
+
+def test_train_and_pipeline_share_their_data_model_and_training_options():
+    from labcode.commands import pipeline, train
+
+    shared = ["--datadir", "d", "--areas-train", "1", "2", "--valid-ratio", "0.3", "--img-size", "64",
+              "--batch-size", "3", "--num-workers", "0", "--model", "unet", "--num-blocks", "2", "--base-chan", "4",
+              "--loss", "dice", "--class-weights", "inverse", "--epochs", "2", "--lr", "0.01", "--seed", "5",
+              "--small", "--device", "cpu", "--threads", "1", "--no-amp", "--no-progress"]
+    ours, theirs = vars(train.build_parser().parse_args(shared)), vars(pipeline.build_parser().parse_args(shared))
+    given = {arg[2:].replace("-", "_") for arg in shared if arg.startswith("--")} - {"no_amp", "no_progress"}
+    given |= {"amp", "progress"}
+    assert len(given) == 19 and {key: ours[key] for key in given} == {key: theirs[key] for key in given}
+    defaults = vars(pipeline.build_parser().parse_args([]))
+    from labcode.reference import CPU_RECIPE
+
+    for key in ("valid_ratio", "img_size", "batch_size", "num_workers", "model", "loss", "class_weights", "epochs",
+                "lr", "areas_train"):
+        assert defaults[key] == CPU_RECIPE[key], key

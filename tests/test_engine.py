@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labcode.engine import (NonFiniteLossError, amp_setup, cpu_has_bf16_matmul, evaluate, nan_to_none,
-                            train_one_epoch)
+from labcode.engine import NonFiniteLossError, amp_setup, cpu_has_bf16_matmul, evaluate, train_one_epoch
 from labcode.errors import LabError
+from labcode.metrics import nan_to_none
 from labcode.models import build_model
 from labcode.transforms import MEAN, STD
 
@@ -61,7 +61,7 @@ def test_training_on_fixed_batches_lowers_the_loss_and_counts_steps() -> None:
     assert all(r["batches"] == 2 and not r["interrupted"] for r in results)
     assert int(optimizer.state_dict()["state"][0]["step"]) == 50 and scheduler.last_epoch == 50
     # the training metrics come from the predictions of the epoch: the toy problem is nearly solved by now
-    assert results[-1]["accuracy"] > 0.8 and len(results[-1]["f1"]) == K
+    assert results[-1]["pixel_accuracy"] > 0.8 and len(results[-1]["f1_per_class"]) == K
 
 
 def test_max_batches_and_should_stop_end_the_epoch_early() -> None:
@@ -139,10 +139,11 @@ def test_evaluate_matches_an_independent_confusion_matrix() -> None:
     f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
     iou = tp[present] / (tp[present] + fp[present] + fn[present])
     assert result["macro_f1"] == pytest.approx(f1.mean())
-    assert result["miou"] == pytest.approx(iou.mean())
-    assert result["accuracy"] == pytest.approx((preds == targets).mean())
-    np.testing.assert_allclose(np.array(result["f1"])[present], f1)
-    assert np.isnan(np.array(result["f1"])[~present]).all()
+    assert result["mean_iou"] == pytest.approx(iou.mean())
+    assert result["pixel_accuracy"] == pytest.approx((preds == targets).mean())
+    np.testing.assert_allclose(np.array(result["f1_per_class"])[present], f1)
+    assert np.isnan(np.array(result["f1_per_class"])[~present]).all()
+    assert result["support"] == np.bincount(targets, minlength=K).tolist()
     assert torch.equal(result["confusion"], torch.from_numpy(cm))
     # mean loss over images, each batch weighted by its size
     expected_loss = np.mean([F.cross_entropy(FixedPredictor()(x), y).item() for x, y in batches])
@@ -190,7 +191,7 @@ def test_training_with_bf16_autocast_on_cpu() -> None:
     model, results, valid = train_with_mixed_precision(torch.device("cpu"), autocast_ctx, scaler)
     assert results[-1]["loss"] < 0.6 * results[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights
-    assert math.isfinite(valid["loss"]) and valid["accuracy"] > 0.8
+    assert math.isfinite(valid["loss"]) and valid["pixel_accuracy"] > 0.8
 
 
 @pytest.mark.gpu
@@ -201,4 +202,4 @@ def test_training_with_mixed_precision_on_cuda() -> None:
     assert name in ("bf16", "fp16") and scaler.is_enabled() == (name == "fp16")
     _, results, valid = train_with_mixed_precision(device, autocast_ctx, scaler)
     assert results[-1]["loss"] < 0.6 * results[0]["loss"]
-    assert valid["accuracy"] > 0.8
+    assert valid["pixel_accuracy"] > 0.8

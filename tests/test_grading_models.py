@@ -133,9 +133,9 @@ def test_reports_show_the_students_scores_and_hidden_images_only_when_shared(hid
 
 def test_leaderboard_ranks_by_macro_f1_with_stable_pseudonyms():
     assert pseudonym("alice", "salt") == pseudonym("alice", "salt") != pseudonym("alice", "other salt")
-    page = leaderboard_html([{"name": "B", "macro_f1": 0.5, "miou": 0.4, "model_mb": 2.0},
-                             {"name": "A", "macro_f1": 0.7, "miou": 0.6, "model_mb": 2.1},
-                             {"name": "C", "macro_f1": None, "miou": None, "model_mb": 0.0}])
+    page = leaderboard_html([{"name": "B", "macro_f1": 0.5, "mean_iou": 0.4, "model_mb": 2.0},
+                             {"name": "A", "macro_f1": 0.7, "mean_iou": 0.6, "model_mb": 2.1},
+                             {"name": "C", "macro_f1": None, "mean_iou": None, "model_mb": 0.0}])
     assert page.index(">A<") < page.index(">B<") and ">C<" not in page
     assert "1 submission(s) without a scored model" in page
 

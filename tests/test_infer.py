@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +10,22 @@ import torch
 from PIL import Image
 
 from labcode.checkpoint import save_checkpoint
-from labcode.classes import CLASSES, NUM_CLASSES
-from labcode.data import StanfordDataset
+from labcode.classes import NUM_CLASSES
 from labcode.errors import LabError
 from labcode.export import export_onnx
-from labcode.infer import (ImageFileError, ModelFileError, OnnxSegmenter, Segmenter, TorchSegmenter, as_rgb,
-                           evaluate_areas, format_metrics_table, load_segmenter, read_image, resize_labels_nearest,
-                           segment_image_file)
+from labcode.infer import (
+    ImageFileError,
+    ModelFileError,
+    OnnxSegmenter,
+    TorchSegmenter,
+    as_rgb,
+    load_segmenter,
+    read_image,
+    resize_labels_nearest,
+    segment_image_file,
+)
 from labcode.models import build_model
 from labcode.transforms import preprocess
-
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +138,6 @@ def test_unreadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
         load_segmenter(tmp_path / "absent.onnx")
 
 
-def test_evaluate_areas_matches_an_independent_count(model_files, synth_root: Path) -> None:
-    model, onnx_path, _ = model_files
-    result = evaluate_areas(OnnxSegmenter(onnx_path), synth_root, ["5a"], progress=False)
-    dataset = StanfordDataset(synth_root, areas=["5a"])
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    for i in range(len(dataset)):
-        image, mask = dataset[i]
-        np.add.at(cm, (mask.ravel(), torch_labels(model, image).ravel()), 1)
-    tp, fp, fn = np.diag(cm), cm.sum(0) - np.diag(cm), cm.sum(1) - np.diag(cm)
-    present = tp + fp + fn > 0
-    f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
-    assert result["images"] == len(dataset) and result["areas"] == ["5a"]
-    assert result["macro_f1"] == pytest.approx(f1.mean(), abs=2e-3)
-    assert result["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=2e-3)
-    assert list(result["f1"]) == list(CLASSES)
-    json.loads(json.dumps(result, allow_nan=False))  # strict JSON: absent classes are null, not NaN
-    table = format_metrics_table(result)
-    assert "macro F1" in table and "window" in table and f"{result['macro_f1']:6.3f}" in table
-
-
 def test_segment_image_file_writes_a_figure_and_a_full_resolution_mask(model_files, tmp_path: Path) -> None:
     _, onnx_path, _ = model_files
     photo = np.random.default_rng(3).integers(0, 256, (70, 50, 4), dtype=np.uint8)
@@ -186,19 +171,6 @@ def test_a_model_with_another_number_of_classes_is_refused(five_class_files) -> 
         assert str(info.value).startswith(f"model {path} outputs 5 classes but the course's class list has 14")
     assert OnnxSegmenter(five_class_files[0], num_classes=None).num_classes == 5  # when asked to accept any
     assert TorchSegmenter(five_class_files[1], device="cpu", num_classes=5).num_classes == 5
-
-
-def test_evaluation_checks_the_classes_of_any_segmenter(synth_root: Path) -> None:
-    class FiveClasses(Segmenter):
-        path = Path("five-classes")
-
-        def logits(self, batch: np.ndarray) -> np.ndarray:
-            return np.zeros((batch.shape[0], 5, *batch.shape[2:]), dtype=np.float32)
-
-    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
-        evaluate_areas(FiveClasses(), synth_root, ["5a"], num_workers=0, progress=False)
-    with pytest.raises(ModelFileError, match="model five-classes outputs 5 classes"):
-        FiveClasses().predict(np.zeros((8, 8, 3), dtype=np.uint8))
 
 
 def test_test_command_refuses_a_model_with_another_number_of_classes(five_class_files, synth_root: Path,
@@ -236,3 +208,30 @@ def test_onnx_sessions_use_the_settings_they_report(model_files) -> None:
     assert used.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     image = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     assert np.array_equal(one.predict(image), default.predict(image))
+
+
+def test_a_network_in_memory_predicts_as_its_checkpoint(model_files) -> None:
+    model, _, ckpt = model_files
+    in_memory = TorchSegmenter.from_model(model, "cpu")
+    image = np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    assert np.array_equal(in_memory.predict(image), torch_labels(model, image))
+    assert np.array_equal(in_memory.predict(image, max_size=32),
+                          TorchSegmenter(ckpt, device="cpu").predict(image, max_size=32))
+    assert in_memory.num_classes == NUM_CLASSES and str(in_memory.path) == "<in-memory model>"
+    five = build_model("unet", 5, num_blocks=1, base_chan=2)
+    with pytest.raises(ModelFileError, match="model five outputs 5 classes"):
+        TorchSegmenter.from_model(five, "cpu", name="five")
+    assert TorchSegmenter.from_model(five, "cpu", num_classes=None).num_classes == 5
+
+
+def test_sessions_log_errors_only_without_touching_the_global_logger(model_files) -> None:
+    import subprocess
+    import sys
+
+    _, onnx_path, _ = model_files
+    assert OnnxSegmenter(onnx_path, providers=["CPUExecutionProvider"]).session.get_session_options() \
+        .log_severity_level == 3
+    # Importing labcode.infer and opening a session leave ONNX Runtime's default logger alone.
+    code = ("import sys, onnxruntime as ort; calls = []; ort.set_default_logger_severity = calls.append; "
+            "from labcode.infer import OnnxSegmenter; OnnxSegmenter(sys.argv[1]); sys.exit(len(calls))")
+    assert subprocess.run([sys.executable, "-c", code, str(onnx_path)], timeout=120).returncode == 0

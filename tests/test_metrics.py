@@ -14,6 +14,7 @@ from labcode.metrics import (
     iou_per_class,
     macro_f1,
     mean_iou,
+    nan_to_none,
     pixel_accuracy,
 )
 
@@ -71,6 +72,42 @@ def test_matrix_and_scores_against_reference(batch):
     np.testing.assert_array_equal(cm.matrix.numpy(), expected["matrix"])
     assert_scores_equal(cm.compute(), expected)
     assert expected["f1_per_class"][K - 1] == 0.0  # predicted but absent: counted as 0
+
+
+def test_summary_is_plain_numbers_under_the_same_names(batch):
+    pred, target = batch
+    cm = ConfusionMatrix(K)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    expected = reference_scores(pred, target, K)
+    summary = cm.summary()
+    assert sorted(summary) == sorted(cm.compute())
+    assert_scores_equal(summary, expected)
+    assert all(type(summary[key]) is float for key in ("macro_f1", "mean_iou", "pixel_accuracy"))
+    assert all(type(v) is float for v in summary["f1_per_class"] + summary["iou_per_class"])
+    assert summary["support"] == expected["support"].tolist() and all(type(v) is int for v in summary["support"])
+    named = cm.summary(["a", "b", "c", "d", "e"])
+    assert named["f1_per_class"] == dict(zip("abcde", summary["f1_per_class"]))
+    assert named["support"] == dict(zip("abcde", summary["support"])) and named["macro_f1"] == summary["macro_f1"]
+    with pytest.raises(ValueError):
+        cm.summary(["too", "few"])
+
+
+def test_summary_of_absent_classes_becomes_strict_json():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))  # class 2 in neither
+    summary = cm.summary()
+    assert math.isnan(summary["f1_per_class"][2]) and math.isnan(summary["iou_per_class"][2])
+    strict = nan_to_none(summary)
+    assert strict["f1_per_class"] == [1.0, 1.0, None] and strict["iou_per_class"] == [1.0, 1.0, None]
+    assert nan_to_none({"a": (1.0, float("nan")), "b": "text", "c": 3}) == {"a": [1.0, None], "b": "text", "c": 3}
+
+
+def test_all_reduce_without_a_process_group_keeps_the_counts(batch):
+    pred, target = batch
+    cm = ConfusionMatrix(K)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    before = cm.matrix.clone()
+    assert cm.all_reduce() is cm and torch.equal(cm.matrix, before)
 
 
 def test_pure_functions_accept_tensors_and_arrays(batch):
@@ -153,7 +190,7 @@ def test_constant_wall_predictor():
     wall = 12
     scores = constant_predictor_scores(REAL_CLASS_FREQUENCIES, wall)
     f = REAL_CLASS_FREQUENCIES[wall] / REAL_CLASS_FREQUENCIES.sum()
-    assert round(scores["accuracy"], 4) == 0.3367
+    assert round(scores["pixel_accuracy"], 4) == 0.3367
     # wall: TP = f, FP = 1 - f, FN = 0; every other class occurs, is never predicted: F1 = 0
     wall_f1 = f / (f + 0.5 * (1 - f))
     assert scores["macro_f1"] == pytest.approx(wall_f1 / NUM_CLASSES)
@@ -167,7 +204,7 @@ def test_constant_predictor_agrees_with_a_simulated_data_set():
     cm.update(torch.full_like(target, 2), target)
     scores = cm.compute()
     assert constant_predictor_scores(counts, 2) == pytest.approx(
-        {"accuracy": scores["pixel_accuracy"], "macro_f1": scores["macro_f1"]}
+        {"pixel_accuracy": scores["pixel_accuracy"], "macro_f1": scores["macro_f1"]}
     )
     assert scores["macro_f1"] == pytest.approx((30 / (30 + 0.5 * 20)) / 3)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from labcode.checkpoint import load_checkpoint
-from labcode.train import StopSignal
+from labcode.distributed import StopSignal
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 24  # areas 1 2 4 5a 5b 6 of the session's generated data set, 4 images each

@@ -158,3 +158,19 @@ def test_split_of_the_reference_validation_is_room_disjoint(synth_root: Path):
     valid_rooms = {room_of(files[i]) for i in valid.dataset.indices}
     assert valid_rooms and not train_rooms & valid_rooms
     assert not {area for area, _ in valid_rooms} & set(reference.TEST_AREAS)
+
+
+def test_scores_written_with_the_former_metric_names_read_under_today_s(tmp_path: Path) -> None:
+    from labcode.commands.reference import describe
+
+    old = {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "miou": 0.4, "accuracy": 0.8, "f1": {"wall": 0.5},
+           "iou": {"wall": 0.4}}
+    summary = {"model": "best.onnx", "training_seconds": 60, "device": "cpu", "precision": "fp32", "train_images": 9,
+               "valid_images": 1, "best_epoch": 0, "best_valid_macro_f1": 0.5,
+               "scores": {"train": {**old, "areas": ["1"]}, "5a": old}}
+    (tmp_path / "reference.json").write_text(json.dumps(summary))
+    scores = reference.read_scores(tmp_path)["scores"]["5a"]
+    assert scores == {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "mean_iou": 0.4, "pixel_accuracy": 0.8,
+                      "f1_per_class": {"wall": 0.5}, "iou_per_class": {"wall": 0.4}}
+    assert "area 5a                      macro F1 0.500, mIoU 0.400, accuracy 0.800 (4 images)" in describe(
+        reference.read_scores(tmp_path))

@@ -91,7 +91,7 @@ def check_end_to_end(synth_root: Path, tmp_path: Path, extra: list[str]) -> dict
                          tmp_path)
     assert tested.returncode == 0, tested.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["images"] == 8 and list(metrics["f1"]) == list(CLASSES)
+    assert metrics["images"] == 8 and list(metrics["f1_per_class"]) == list(CLASSES)
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and f"macro F1  {metrics['macro_f1']:6.3f}" in tested.stdout
 
     # one photo: the figure and the mask at the photo's resolution

@@ -42,15 +42,14 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from labcode.classes import AREAS, NUM_CLASSES
+from labcode.classes import AREAS, NUM_CLASSES, TEST_AREAS, TRAIN_AREAS
 from labcode.data import StanfordDataset, default_datadir
-from labcode.reference import find_reference_model
+from labcode.reference import CPU_RECIPE, find_reference_model
 from labcode.synth import REAL_AREA_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "book" / "figures" / "generated"
-TRAIN_AREAS = ("1", "2", "3", "4", "6")
-TEST_AREA = "5a"
+TEST_AREA = TEST_AREAS[0]  # the prediction figure shows images of 5a
 SHAPE_INPUT = 256  # side of the dummy image of the UNet shape table
 DPI = 110
 
@@ -263,7 +262,8 @@ def unet_figures(out: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------------------
 
 def train_small_unet(datadir: Path, *, seconds: float, img_size: int, seed: int) -> tuple[torch.nn.Module, int]:
-    """A small UNet trained with cross-entropy on the training areas for about ``seconds`` of wall time.
+    """The model, optimiser and batch size of the CPU recipe (:data:`labcode.reference.CPU_RECIPE`), trained with its
+    loss but without class weights on the training areas for about ``seconds`` of wall time.
 
     Returns:
         The model in eval mode and the number of optimisation steps it took.
@@ -274,11 +274,11 @@ def train_small_unet(datadir: Path, *, seconds: float, img_size: int, seed: int)
     from labcode.models import build_model
 
     torch.manual_seed(seed)
-    train_loader, _ = get_dataloaders(datadir, list(TRAIN_AREAS), None, img_size=img_size, batch_size=8,
-                                      num_workers=0, seed=seed)
-    model = build_model("unet", NUM_CLASSES, num_blocks=3, base_chan=16)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    criterion = build_loss("ce")
+    train_loader, _ = get_dataloaders(datadir, list(TRAIN_AREAS), None, img_size=img_size,
+                                      batch_size=CPU_RECIPE["batch_size"], num_workers=0, seed=seed)
+    model = build_model(CPU_RECIPE["model"], NUM_CLASSES, **CPU_RECIPE["model_options"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=CPU_RECIPE["lr"], weight_decay=CPU_RECIPE["weight_decay"])
+    criterion = build_loss(CPU_RECIPE["loss"])
     deadline = time.monotonic() + seconds
     epoch = steps = 0
     while time.monotonic() < deadline:
@@ -289,19 +289,6 @@ def train_small_unet(datadir: Path, *, seconds: float, img_size: int, seed: int)
     return model.eval(), steps
 
 
-def predict_with_module(model: torch.nn.Module, image: np.ndarray, img_size: int) -> np.ndarray:
-    """Class map of ``image`` at full resolution from a prediction on a copy resized to ``img_size``."""
-    import cv2
-
-    from labcode.infer import resize_labels_nearest
-    from labcode.transforms import preprocess
-
-    small = cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(preprocess(small))[None])  # (1, K, S, S)
-    return resize_labels_nearest(logits[0].argmax(0).numpy(), *image.shape[:2])
-
-
 def predict_with_file(model_path: Path, images: np.ndarray, img_size: int) -> np.ndarray:
     """Class maps of ``images`` from a model file (ONNX or checkpoint), predicted on copies at most ``img_size``.
 
@@ -310,7 +297,11 @@ def predict_with_file(model_path: Path, images: np.ndarray, img_size: int) -> np
     """
     from labcode.infer import load_segmenter
 
-    segmenter = load_segmenter(model_path)
+    return predict_with(load_segmenter(model_path), images, img_size)
+
+
+def predict_with(segmenter, images: np.ndarray, img_size: int) -> np.ndarray:
+    """Class maps of ``images`` from a :class:`labcode.infer.Segmenter`, predicted on copies at most ``img_size``."""
     return np.stack([segmenter.predict(image, max_size=img_size) for image in images])
 
 
@@ -318,6 +309,7 @@ def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seco
                       seed: int, items: int = 3) -> list[Path]:
     """``prediction.png``: held-out images of area 5a (evenly spaced: chosen by position, not by score), their ground
     truth and the prediction."""
+    from labcode.infer import TorchSegmenter
     from labcode.metrics import ConfusionMatrix
     from labcode.viz import plot_predictions
 
@@ -335,7 +327,7 @@ def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seco
             source += f" (macro F1 {json.loads(scores.read_text())['scores']['5a+5b']['macro_f1']:.2f} on all of 5a + 5b)"
     else:
         model, steps = train_small_unet(datadir, seconds=seconds, img_size=img_size, seed=seed)
-        preds = np.stack([predict_with_module(model, image, img_size) for image in images])
+        preds = predict_with(TorchSegmenter.from_model(model, "cpu"), images, img_size)
         source = f"small UNet after {steps} steps ({seconds:.0f} s on a CPU)"
     confusion = ConfusionMatrix(NUM_CLASSES)
     confusion.update(torch.from_numpy(preds), torch.from_numpy(targets))
@@ -359,8 +351,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "it exists, else a small UNet trained here)")
     parser.add_argument("--train-seconds", type=float, default=45.0,
                         help="training time of the small UNet, in seconds (default: 45)")
-    parser.add_argument("--img-size", type=int, default=128,
-                        help="side of the training crops and of the prediction input (default: 128)")
+    parser.add_argument("--img-size", type=int, default=CPU_RECIPE["img_size"],
+                        help="side of the training crops and of the prediction input (default: the CPU recipe's, "
+                        f"{CPU_RECIPE['img_size']})")
     parser.add_argument("--max-images", type=int, default=None,
                         help="at most this many images for the class histogram (default: all of them)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default: 2)")
@@ -404,8 +397,6 @@ def prediction_source(model: Path | None) -> dict:
     """What the prediction figure comes from: the reference model (its recipe, data set and file), another file,
     or a small UNet trained here."""
     import hashlib
-
-    from labcode.reference import CPU_RECIPE
 
     if model is None:
         return {"model": "small UNet trained by make_figures"}

@@ -93,11 +93,12 @@ def make_hidden_set(out: Path, *, images: int = 120, size: int | None = None, se
     The seed is drawn from the system's secure random source unless given, and kept in ``out/hidden.json`` with the
     list of shareable images; nothing of it is written anywhere else.
     """
+    from labcode.classes import TEST_AREAS
     from labcode.synth import DEFAULT_SYNTH, area_image_counts, generate_dataset
 
     seed = secrets.randbits(62) if seed is None else seed
-    counts = area_image_counts(images, ("5a", "5b"))
-    root = generate_dataset(out / "stanford", areas=("5a", "5b"), images_per_area=counts,
+    counts = area_image_counts(images, TEST_AREAS)
+    root = generate_dataset(out / "stanford", areas=TEST_AREAS, images_per_area=counts,
                             size=size or DEFAULT_SYNTH.size, seed=seed, workers=2, progress=False)
     (out / "hidden.json").write_text(json.dumps({"seed": seed, "images": sum(counts.values()),
                                                  "areas": counts}, indent=1))
@@ -152,7 +153,8 @@ class ModelScore:
         import torch
 
         cm = torch.tensor(self.confusion, dtype=torch.int64)
-        return {"macro_f1": float(macro_f1(cm)), "miou": float(mean_iou(cm)), "accuracy": float(pixel_accuracy(cm)),
+        return {"macro_f1": float(macro_f1(cm)), "mean_iou": float(mean_iou(cm)),
+                "pixel_accuracy": float(pixel_accuracy(cm)),
                 "f1_per_class": [float(v) for v in f1_per_class(cm)]}
 
 
@@ -232,7 +234,7 @@ def report_html(score: ModelScore, points: float, max_points: float, medians: li
     parts = [
         "<div class='model-report'>",
         f"<p><b>Your model on the hidden test set: {points:g} / {max_points:g} points</b> (macro F1 "
-        f"{metrics['macro_f1']:.3f}, mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['accuracy']:.3f}; "
+        f"{metrics['macro_f1']:.3f}, mIoU {metrics['mean_iou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f}; "
         f"points by band: {bands}; below the last band, 0).</p>",
         "<table><tr><th>class</th><th>your F1</th><th>class median</th></tr>", *rows, "</table>",
         f"<p>Your confusion matrix (rows: true class, columns: your prediction):</p>"
@@ -264,10 +266,11 @@ def class_medians(scores: list[ModelScore], num_classes: int) -> list[float | No
 
 
 def leaderboard_html(entries: list[dict], title: str = "Segmentation lab: leaderboard") -> str:
-    """A static page ranking the scored models by macro F1 (entries: name, macro_f1, miou, model_mb, or reason)."""
+    """A static page ranking the scored models by macro F1 (entries: name, macro_f1, mean_iou, model_mb)."""
     scored = sorted((e for e in entries if e.get("macro_f1") is not None), key=lambda e: -e["macro_f1"])
     rows = [f"<tr><td>{rank}</td><td>{html.escape(e['name'])}</td><td>{e['macro_f1']:.3f}</td>"
-            f"<td>{e['miou']:.3f}</td><td>{e['model_mb']:.1f}</td></tr>" for rank, e in enumerate(scored, start=1)]
+            f"<td>{e['mean_iou']:.3f}</td><td>{e['model_mb']:.1f}</td></tr>"
+            for rank, e in enumerate(scored, start=1)]
     unscored = len(entries) - len(scored)
     return "\n".join([
         "<!doctype html>", "<html lang='en'>", "<head>", "<meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
@@ -296,7 +299,7 @@ def record_points(course, student: str, model: dict, settings: ModelGrading) -> 
     metrics = score.metrics()
     points = points_for(metrics.get("macro_f1"), settings.bands, maximum) if score.status == "scored" else 0.0
     set_manual_score(course, student, settings.notebook, settings.grade_id, points)
-    return {"points": points, "max": maximum, **{k: metrics[k] for k in ("macro_f1", "miou") if k in metrics}}
+    return {"points": points, "max": maximum, **{k: metrics[k] for k in ("macro_f1", "mean_iou") if k in metrics}}
 
 
 def inject_report(notebook: Path, grade_id: str, report: str, summary: str) -> None:
@@ -331,7 +334,7 @@ def finish(course, results: list[dict], settings: ModelGrading, packed: Path, sa
         if notebook.is_file():
             inject_report(notebook, settings.grade_id, report, summary)
         metrics = score.metrics()
-        entries.append({"name": name, "macro_f1": metrics.get("macro_f1"), "miou": metrics.get("miou"),
+        entries.append({"name": name, "macro_f1": metrics.get("macro_f1"), "mean_iou": metrics.get("mean_iou"),
                         "model_mb": score.model_mb})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(leaderboard_html(entries))
