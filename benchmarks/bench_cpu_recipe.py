@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     datadir = ensure_default_dataset(progress=True)
     recipe = {**CPU_RECIPE, **({"epochs": args.epochs} if args.epochs else {})}
     print(f"CPU recipe: UNet base {recipe['model_options']['base_chan']}, {recipe['model_options']['num_blocks']} "
-          f"blocks, {recipe['img_size']} px, batch {recipe['batch_size']}, {recipe['epochs']} epochs, lr {recipe['lr']}, "
+          f"blocks, {recipe['img_size']} px, batch {recipe['batch_size']}, {recipe['epochs']} epochs, "
+          f"lr {recipe['lr']}, "
           f"{recipe['class_weights']} class weights; data {datadir}")
     print(f"machine: {machine()}; {os.cpu_count()} CPUs; AMX (bfloat16 matrix units): "
           f"{'yes' if cpu_has_bf16_matmul() else 'no'}; precision asked: {'amp' if args.amp else 'float32'}")

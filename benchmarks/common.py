@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import labcode  # noqa: F401  (environment variables first)
 import torch
+
+import labcode  # noqa: F401  (environment variables first)
 
 
 def cpu_model() -> str:

@@ -272,7 +272,8 @@ def test_visible_cells_and_chapters_hold_no_autograded_answer():
         problems += leaks(visible_texts(stem), mine)
     # The student copy of the library, and the repository's pages a student can read (the hub clones it).
     library = {str(p.relative_to(RELEASE)): p.read_text() for p in (RELEASE / "labcode").rglob("*.py")}
-    library |= {str(p.relative_to(REPO)): p.read_text() for p in [REPO / "README.md", *sorted((REPO / "book").rglob("*.md"))]
+    pages = [REPO / "README.md", *sorted((REPO / "book").rglob("*.md"))]
+    library |= {str(p.relative_to(REPO)): p.read_text() for p in pages
                 if "_build" not in p.parts}
     problems += leaks(library, {grade_id: {**answer, "values": [] if answer.get("data") else answer["values"]}
                                 for grade_id, answer in answers.items()})

@@ -12,8 +12,8 @@ typeset.
 from __future__ import annotations
 
 import functools
-import json
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -161,7 +161,8 @@ def test_the_committed_figures_are_those_the_library_draws_now(tmp_path: Path):
     assert manifest["data"] == f"generated data set, version {SYNTH_VERSION}"
     prediction = manifest["prediction"]
     assert prediction["model"] == "reference", "prediction.png must show the reference model (make reference)"
-    assert prediction["recipe"] == json.loads(json.dumps(CPU_RECIPE)), "the recipe changed: make reference, then figures"
+    assert prediction["recipe"] == json.loads(json.dumps(CPU_RECIPE)), \
+        "the recipe changed: make reference, then figures"
 
 
 @pytest.mark.slow
@@ -434,8 +435,9 @@ def test_no_autograded_answer_reaches_the_site(site: Path):
     from tests.test_answers import autograded_answers, leaks, notebook_questions
 
     texts = _site_texts(site)
-    chapters_of = {stem: {Path(chapter).stem for number, (_, s, _) in notebook_questions().items() if s == stem
-                          for chapter in [_chapter_of(number)]} for stem in {s for _, s, _ in notebook_questions().values()}}
+    questions = notebook_questions()
+    chapters_of = {stem: {Path(_chapter_of(number)).stem for number, (_, s, _) in questions.items() if s == stem}
+                   for stem in {s for _, s, _ in questions.values()}}
     problems = []
     for grade_id, answer in autograded_answers().items():
         pages = {rel: text for rel, text in texts.items()

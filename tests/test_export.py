@@ -18,7 +18,6 @@ from labcode.export import ExportError, check_onnx_parity, export_onnx
 from labcode.models import build_model
 
 
-
 def tiny_unet(seed: int, num_blocks: int = 2) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model("unet", len(CLASSES), num_blocks=num_blocks, base_chan=4)

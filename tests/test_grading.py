@@ -27,11 +27,20 @@ from pathlib import Path
 
 import pytest
 
-from tools.grading.sandbox import BASE_UID, Limits
 from tests.course import (
-    ASSIGNMENT, REPO, STEMS, answer, auto_grades, cell_outputs, grader, make_course, new_submission, output_text,
-    require, require_sandbox,
+    ASSIGNMENT,
+    REPO,
+    STEMS,
+    answer,
+    auto_grades,
+    cell_outputs,
+    grader,
+    make_course,
+    new_submission,
+    output_text,
+    require_sandbox,
 )
+from tools.grading.sandbox import BASE_UID, Limits
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")]
 
@@ -428,10 +437,11 @@ c.ModelGrading.shareable = 2
 
 @pytest.fixture(scope="module")
 def models_graded(tmp_path_factory, grading_env):
+    import numpy as np
+    from onnx import TensorProto, helper
+
     from tests.test_grading_models import graph_model, overfit_model
     from tools.grading.models import make_hidden_set, pack_hidden_set
-    from onnx import TensorProto, helper
-    import numpy as np
 
     course = make_course(tmp_path_factory.mktemp("course"), MODEL_SETTINGS)
     hidden_root = make_hidden_set(course / "data" / "hidden", images=12, size=64, seed=987654321)
@@ -495,8 +505,8 @@ def test_feedback_shows_the_model_report_and_no_hidden_file(models_graded):
 
 @pytest.mark.browser
 def test_the_leaderboard_renders_in_chromium(models_graded, chromium):
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
     import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     course, _, _ = models_graded
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(course / "grading"))

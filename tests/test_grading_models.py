@@ -17,8 +17,16 @@ from labcode.unet import UNet
 from tests.course import GRADING_PYTHON, require_sandbox
 from tools.grading import sandbox
 from tools.grading.models import (
-    ModelGrading, ModelScore, class_medians, leaderboard_html, make_hidden_set, pack_hidden_set, points_for,
-    pseudonym, report_html, score_model,
+    ModelGrading,
+    ModelScore,
+    class_medians,
+    leaderboard_html,
+    make_hidden_set,
+    pack_hidden_set,
+    points_for,
+    pseudonym,
+    report_html,
+    score_model,
 )
 
 SIDE = 48
@@ -77,7 +85,8 @@ def test_a_trained_model_scores_high_and_an_untrained_one_low(hidden, spec, tmp_
     assert good.metrics()["macro_f1"] > 0.6 > 0.2 > bad.metrics()["macro_f1"]
     assert set(good.shareable) == {"0", "1"}  # predictions come back for the shareable images only
     bands = ModelGrading().bands
-    assert points_for(good.metrics()["macro_f1"], bands, 5) >= 3 and points_for(bad.metrics()["macro_f1"], bands, 5) == 0
+    assert points_for(good.metrics()["macro_f1"], bands, 5) >= 3
+    assert points_for(bad.metrics()["macro_f1"], bands, 5) == 0
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -97,7 +106,8 @@ def test_a_model_that_cannot_be_scored_gets_a_reason(hidden, spec, tmp_path, cas
                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight])
     elif case == "hangs":  # a loop of 10^15 trips around an addition
         body = helper.make_graph(
-            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["x_in", "x_in"], ["x_out"])],
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Add", ["x_in", "x_in"], ["x_out"])],
             "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
                      helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
                      helper.make_tensor_value_info("x_in", TensorProto.FLOAT, None)],

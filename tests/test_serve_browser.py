@@ -5,7 +5,6 @@ Set ``LABCODE_SCREENSHOT_DIR`` to keep the screenshot somewhere else than the te
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 

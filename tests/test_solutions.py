@@ -186,7 +186,8 @@ def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, 
     shutil.copy(SOURCE / path.name, path)
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
-    nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}}).execute()
+    client = nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}})
+    client.execute()
     elapsed = time.perf_counter() - started
     RUN_TIMES[stem] = elapsed
     errors = [(i, out.ename, out.evalue) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"

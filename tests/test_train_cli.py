@@ -301,7 +301,8 @@ def test_resume_refuses_another_architecture_and_lists_the_differences(synth_roo
     capsys.readouterr()
     refused = {
         ("--base-chan", "8"): "asks for base_chan 8 (checkpoint: 4); leave these options out",
-        ("--num-blocks", "3", "--base-chan", "16"): "asks for num_blocks 3 (checkpoint: 2); base_chan 16 (checkpoint: 4)",
+        ("--num-blocks", "3", "--base-chan", "16"):
+            "asks for num_blocks 3 (checkpoint: 2); base_chan 16 (checkpoint: 4)",
         ("--model", "deeplabv3plus"): "the checkpoint holds a unet model but this run asks for deeplabv3plus",
     }
     for options, words in refused.items():

@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from labcode.reference import SHIPPED_NAME as REFERENCE_NAME  # noqa: E402  (where notebooks look for it)
+
 DIST = REPO / "dist" / "student"
 TEMPLATES = REPO / "tools" / "student"
 COURSE_FILE = REPO / "course.yml"

@@ -35,13 +35,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import labcode  # noqa: F401  (environment variables before albumentations / onnxruntime)
-
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+import labcode  # noqa: F401  (environment variables before albumentations / onnxruntime)
 from labcode.classes import AREAS, NUM_CLASSES, TEST_AREAS, TRAIN_AREAS
 from labcode.data import StanfordDataset, default_datadir
 from labcode.reference import CPU_RECIPE, find_reference_model
@@ -191,7 +190,7 @@ def unet_stage_shapes(model: torch.nn.Module, size: int) -> list[dict]:
 def shapes_markdown(rows: Sequence[dict], size: int, total_params: int) -> str:
     """The stage table as MyST markdown (included by the model chapter)."""
     lines = [
-        f"| stage | module | output (C × H × W) | sent to the decoder | parameters |",
+        "| stage | module | output (C × H × W) | sent to the decoder | parameters |",
         "| --- | --- | --- | --- | ---: |",
         f"| input | | 3 × {size} × {size} | | |",
     ]
@@ -324,7 +323,8 @@ def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seco
         if source == "the reference model" and scores.is_file():
             import json
 
-            source += f" (macro F1 {json.loads(scores.read_text())['scores']['5a+5b']['macro_f1']:.2f} on all of 5a + 5b)"
+            macro_f1 = json.loads(scores.read_text())["scores"]["5a+5b"]["macro_f1"]
+            source += f" (macro F1 {macro_f1:.2f} on all of 5a + 5b)"
     else:
         model, steps = train_small_unet(datadir, seconds=seconds, img_size=img_size, seed=seed)
         preds = predict_with(TorchSegmenter.from_model(model, "cpu"), images, img_size)

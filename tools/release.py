@@ -45,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from labcode.check import STUDENT_COPY_HEADER  # noqa: E402  (the self-check recognises student copies by it)
+
 ASSIGNMENT = "segmentation"
 LIBRARY = "labcode"
 SOURCE_DIR = "solutions"
@@ -314,8 +315,10 @@ def compare_trees(a: Path, b: Path) -> list[str]:
     def files(root: Path) -> set[str]:
         if not root.exists():
             return set()
-        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-                and not any(fnmatch.fnmatch(part, pattern) for part in p.relative_to(root).parts for pattern in ignored)}
+        def kept(path: Path) -> bool:
+            return not any(fnmatch.fnmatch(part, pattern) for part in path.relative_to(root).parts for pattern in ignored)
+
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and kept(p)}
 
     left, right = files(a), files(b)
     diffs = sorted(left ^ right)

@@ -81,7 +81,8 @@ def hidden_root(course: Course, given: Path | None) -> Path | None:
     """The hidden test set: ``--hidden``, else ``<course>/data/hidden/stanford`` when it exists, else none."""
     if given is not None:
         if not (given / "assets" / "semantic_labels.json").is_file():
-            raise GradingError(f"--hidden {given} is not a data set in the 2D-3D-S layout (no assets/semantic_labels.json)")
+            raise GradingError(f"--hidden {given} is not a data set in the 2D-3D-S layout "
+                               "(no assets/semantic_labels.json)")
         return given
     default = course.root / "data" / "hidden" / "stanford"
     return default if default.is_dir() else None

@@ -86,7 +86,8 @@ class SandboxKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         if os.environ.get("NBGRADER_EXECUTION"):  # the notebooks pick their grading settings by it
-            self.spec = replace(self.spec, env={**self.spec.env, "NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]})
+            grading = {"NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]}
+            self.spec = replace(self.spec, env={**self.spec.env, **grading})
         if self._limits_context is None:
             self._limits_context = sandbox.limited("kernel", self.spec.limits)
             self._prefix, self.cgroup = self._limits_context.__enter__()

@@ -148,9 +148,9 @@ class ModelScore:
         """Macro F1, mIoU, accuracy and per-class F1 of the confusion matrix (empty when not scored)."""
         if self.confusion is None:
             return {}
-        from labcode.metrics import f1_per_class, iou_per_class, macro_f1, mean_iou, pixel_accuracy
-
         import torch
+
+        from labcode.metrics import f1_per_class, macro_f1, mean_iou, pixel_accuracy
 
         cm = torch.tensor(self.confusion, dtype=torch.int64)
         return {"macro_f1": float(macro_f1(cm)), "mean_iou": float(mean_iou(cm)),
@@ -273,12 +273,14 @@ def leaderboard_html(entries: list[dict], title: str = "Segmentation lab: leader
             for rank, e in enumerate(scored, start=1)]
     unscored = len(entries) - len(scored)
     return "\n".join([
-        "<!doctype html>", "<html lang='en'>", "<head>", "<meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+        "<!doctype html>", "<html lang='en'>", "<head>", "<meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:.3em .8em;text-align:right}td:nth-child(2){text-align:left}</style>",
         "</head>", "<body>", f"<h1>{html.escape(title)}</h1>",
         "<p>Models ranked by macro F1 on the hidden test set.</p>",
-        "<table id='leaderboard'><tr><th>rank</th><th>name</th><th>macro F1</th><th>mIoU</th><th>model size (MB)</th></tr>",
+        "<table id='leaderboard'><tr><th>rank</th><th>name</th><th>macro F1</th><th>mIoU</th>"
+        "<th>model size (MB)</th></tr>",
         *rows, "</table>",
         f"<p>{unscored} submission(s) without a scored model.</p>" if unscored else "",
         "</body>", "</html>", ""])

@@ -156,7 +156,8 @@ def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
     models = [r["model"] for r in graded if r.get("model")]
     if models:
         refused = [r["student"] for r in graded if r.get("model", {}).get("status") == "refused"]
-        points = [r["model_points"]["points"] for r in graded if (r.get("model_points") or {}).get("points") is not None]
+        points = [r["model_points"]["points"] for r in graded
+                  if (r.get("model_points") or {}).get("points") is not None]
         rows.append(("models scored", f"{len(models) - len(refused)} of {len(models)}"
                      + (f" (no score: {', '.join(refused)})" if refused else "")))
         if points:

@@ -15,6 +15,11 @@ UNKNOWN_LABEL: int = 0
 #: The areas of the data set as they are named on disk (``area_5a`` ...).
 AREAS: tuple[str, ...] = ("1", "2", "3", "4", "5a", "5b", "6")
 
+#: The course's protocol: the areas models train on (validation rooms are taken from them) and the areas that only
+#: test a final model, never choose one (see :data:`labcode.reference.PROTOCOL`).
+TRAIN_AREAS: tuple[str, ...] = ("1", "2", "3", "4", "6")
+TEST_AREAS: tuple[str, ...] = ("5a", "5b")
+
 #: Fraction of the labelled pixels of each class over the whole real data set (70,496 masks of 1080x1080),
 #: in the order of ``CLASSES``. They sum to 1 (up to rounding of the published percentages).
 REAL_CLASS_FREQUENCIES: np.ndarray = np.array(

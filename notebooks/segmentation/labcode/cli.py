@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("labcode.commands.show", "draw an image of the data set with its mask (and an augmented version)"),
     "stats": ("labcode.commands.stats", "class pixel histogram of some areas and the derived class weights"),
     "prepare": ("labcode.commands.prepare", "decode, resize and cache a data set for fast loading"),
-    "models": ("labcode.models", "print a model summary for a dummy batch"),
+    "models": ("labcode.commands.models", "print a model summary for a dummy batch"),
     "train": ("labcode.commands.train", "train a model, keep the best one by validation macro F1"),
     "export": ("labcode.commands.export", "export a checkpoint to ONNX and check it against PyTorch"),
     "test": ("labcode.commands.test", "evaluate a model on areas, or segment a single photo"),
@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("labcode.commands.reference", "train and score the course's reference model (CPU recipe)"),
     "pipeline": ("labcode.commands.pipeline", "the whole lab on the offline data set: train, export, test, infer"),
     "serve": ("labcode.commands.serve", "serve an ONNX model behind a web API and page"),
-    "check": ("labcode.check", "check your exercises with readable diagnostics"),
+    "check": ("labcode.commands.check", "check your exercises with readable diagnostics"),
 }
 
 

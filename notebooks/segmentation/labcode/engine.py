@@ -18,13 +18,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from labcode.classes import NUM_CLASSES
+from labcode.distributed import all_reduce_sums
 from labcode.errors import LabError
+from labcode.metrics import ConfusionMatrix
 
 AutocastFactory = Callable[[], AbstractContextManager]
 
@@ -88,17 +89,14 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """Train ``model`` for one pass over ``loader`` (or its first ``max_batches`` batches).
 
-    The scheduler, when given, is stepped after every optimizer step. ``should_stop`` is polled before each batch;
-    when it returns ``True`` the epoch ends early and the result says ``interrupted``.
-
     Args:
         model, criterion, optimizer, loader, device: the usual suspects; ``criterion(logits, target)``.
-        scheduler: learning-rate scheduler stepped once per batch.
+        scheduler: learning-rate scheduler stepped after every optimizer step.
         scaler: gradient scaler from :func:`amp_setup` (a disabled one is created when ``None``).
         autocast_ctx: factory of the autocast context wrapping the forward pass and the loss.
         max_batches: stop after this many batches (quick checks).
         progress: show a tqdm bar with the running loss.
-        should_stop: polled before each batch; ``True`` interrupts the epoch.
+        should_stop: polled before each batch; ``True`` ends the epoch early, and the result says ``interrupted``.
         epoch: epoch number, used in messages.
         channels_last: move the images to the channels-last memory format.
         num_classes: number of classes of the confusion matrix.
@@ -107,21 +105,16 @@ def train_one_epoch(
         batches of ``(B, 3, H, W)`` float images and ``(B, H, W)`` int64 masks; logits ``(B, K, H, W)``.
 
     Returns:
-        ``loss`` (mean over images), ``batches``, ``steps`` (optimizer steps taken), ``interrupted``, ``lr`` (after
-        the last step) and the training metrics of :func:`metrics_summary`.
+        ``loss`` (mean over images), ``batches``, ``interrupted``, ``lr`` (after the last step) and the training
+        metrics of :meth:`labcode.metrics.ConfusionMatrix.summary`.
 
     Raises:
         NonFiniteLossError: the loss is NaN or infinite (the message names the epoch and batch).
     """
-    from labcode.metrics import ConfusionMatrix
-
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    confusion = ConfusionMatrix(num_classes)
+    confusion, running, interrupted = ConfusionMatrix(num_classes), _RunningLoss(), False
     model.train()
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    loss_sum, seen, batches, interrupted = 0.0, 0, 0, False
-    bar = tqdm(islice(loader, total), total=total, desc=f"epoch {epoch} train", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = _progress_bar(loader, max_batches, f"epoch {epoch} train", progress)
     for batch_index, (images, targets) in enumerate(bar):
         if should_stop is not None and should_stop():
             interrupted = True
@@ -132,30 +125,14 @@ def train_one_epoch(
             loss = criterion(logits, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"training loss is {loss_value} at epoch {epoch}, batch {batch_index}: "
-                "lower the learning rate, check the loss options or the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, batch {batch_index}: "
+                                     "lower the learning rate, check the loss options or the data")
+        _optimizer_step(loss, optimizer, scaler, scheduler)
         confusion.update(logits.detach().float(), targets)
-        loss_sum += loss_value * images.shape[0]
-        seen += images.shape[0]
-        batches += 1
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.set_postfix(loss=f"{running.add(loss_value, images.shape[0]):.4f}")
     bar.close()
-    loss_sum, seen = _reduce_sums(confusion, loss_sum, seen, device)
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "batches": batches,
-        "interrupted": interrupted,
-        "lr": optimizer.param_groups[0]["lr"],
-        **metrics_summary(confusion),
-    }
+    return {**running.reduced(device), "interrupted": interrupted, "lr": optimizer.param_groups[0]["lr"],
+            **confusion.all_reduce(device).summary()}
 
 
 @torch.no_grad()
@@ -184,20 +161,14 @@ def evaluate(
         keep_examples: keep this many images of the first batches, with targets and predictions, for figures.
 
     Returns:
-        ``loss``, ``batches``, the metrics of :func:`metrics_summary`, ``confusion`` (``(K, K)`` int64 tensor, rows
-        are targets) and, when ``keep_examples``, ``examples``: a dict of ``images`` ``uint8`` (N, H, W, 3),
-        ``targets`` and ``preds`` ``int64`` (N, H, W) numpy arrays.
+        ``loss``, ``batches``, the metrics of :meth:`labcode.metrics.ConfusionMatrix.summary`, ``confusion``
+        (``(K, K)`` int64 tensor, rows are targets) and, when ``keep_examples``, ``examples``: a dict of ``images``
+        ``uint8`` (N, H, W, 3), ``targets`` and ``preds`` ``int64`` (N, H, W) numpy arrays.
     """
-    from labcode.metrics import ConfusionMatrix
-    from labcode.transforms import denormalize
-
-    confusion = ConfusionMatrix(num_classes)
+    confusion, running = ConfusionMatrix(num_classes), _RunningLoss()
+    kept = _Examples(keep_examples)
     model.eval()
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    loss_sum, seen, batches = 0.0, 0, 0
-    kept: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
-    bar = tqdm(islice(loader, total), total=total, desc=f"epoch {epoch} valid", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = _progress_bar(loader, max_batches, f"epoch {epoch} valid", progress)
     for images, targets in bar:
         images, targets = _to_device(images, targets, device, channels_last)
         with autocast_ctx():
@@ -205,56 +176,68 @@ def evaluate(
             loss = criterion(logits, targets)
         logits = logits.float()
         confusion.update(logits, targets)
-        loss_sum += loss.item() * images.shape[0]
-        seen += images.shape[0]
-        batches += 1
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        for i in range(images.shape[0]):
-            if len(kept["images"]) >= keep_examples:
-                break
-            kept["images"].append(denormalize(images[i]))
-            kept["targets"].append(targets[i].cpu().numpy())
-            kept["preds"].append(logits[i].argmax(0).cpu().numpy())
+        bar.set_postfix(loss=f"{running.add(loss.item(), images.shape[0]):.4f}")
+        kept.add(images, targets, logits)
     bar.close()
-    loss_sum, seen = _reduce_sums(confusion, loss_sum, seen, device)
-    result: dict[str, Any] = {
-        "loss": loss_sum / max(seen, 1),
-        "batches": batches,
-        **metrics_summary(confusion),
-        "confusion": confusion.matrix.detach().cpu().clone(),
-    }
+    confusion.all_reduce(device)
+    result = {**running.reduced(device), **confusion.summary(), "confusion": confusion.matrix.detach().cpu().clone()}
     if keep_examples:
-        result["examples"] = {key: np.stack(values) if values else np.empty((0,)) for key, values in kept.items()}
+        result["examples"] = kept.arrays()
     return result
 
 
-def metrics_summary(confusion) -> dict[str, Any]:
-    """Plain-number view of a :class:`labcode.metrics.ConfusionMatrix` (NaN marks a class absent on both sides).
-
-    Returns:
-        ``macro_f1``, ``miou``, ``accuracy`` (floats) and ``f1``, ``iou`` (lists of floats, one per class).
-    """
-    from labcode.metrics import f1_per_class, iou_per_class, macro_f1, mean_iou, pixel_accuracy
-
-    matrix = confusion.matrix.detach().cpu()
-    return {
-        "macro_f1": float(macro_f1(matrix)),
-        "miou": float(mean_iou(matrix)),
-        "accuracy": float(pixel_accuracy(matrix)),
-        "f1": [float(v) for v in f1_per_class(matrix)],
-        "iou": [float(v) for v in iou_per_class(matrix)],
-    }
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:
+    """Backward pass through the (possibly disabled) gradient scaler, one optimizer step, one scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
 
 
-def nan_to_none(value: Any) -> Any:
-    """Replace NaN floats by ``None`` in nested dicts and lists, for strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {key: nan_to_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_to_none(item) for item in value]
-    return value
+class _RunningLoss:
+    """The loss summed over the images of a pass, and the batches seen."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.seen, self.batches = 0.0, 0, 0
+
+    def add(self, loss_value: float, images: int) -> float:
+        """Count a batch whose mean loss is ``loss_value``; return the running mean over images."""
+        self.loss_sum += loss_value * images
+        self.seen += images
+        self.batches += 1
+        return self.loss_sum / self.seen
+
+    def reduced(self, device: torch.device) -> dict[str, Any]:
+        """``loss`` (mean over the images of every process) and ``batches`` (of this process)."""
+        loss_sum, seen = all_reduce_sums([self.loss_sum, float(self.seen)], device)
+        return {"loss": loss_sum / max(seen, 1), "batches": self.batches}
+
+
+class _Examples:
+    """The first ``limit`` images of an evaluation pass with their targets and predictions, for figures."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept: dict[str, list[np.ndarray]] = {"images": [], "targets": [], "preds": []}
+
+    def add(self, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> None:
+        from labcode.transforms import denormalize
+
+        for i in range(min(images.shape[0], self.limit - len(self.kept["images"]))):
+            self.kept["images"].append(denormalize(images[i]))
+            self.kept["targets"].append(targets[i].cpu().numpy())
+            self.kept["preds"].append(logits[i].argmax(0).cpu().numpy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {key: np.stack(values) if values else np.empty((0,)) for key, values in self.kept.items()}
+
+
+def _progress_bar(loader: DataLoader, max_batches: int | None, desc: str, progress: bool) -> tqdm:
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    return tqdm(islice(loader, total), total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
@@ -262,15 +245,3 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
     return images, targets.to(device, non_blocking=True)
-
-
-def _reduce_sums(confusion, loss_sum: float, seen: int, device: torch.device) -> tuple[float, int]:
-    """Add the confusion matrix and the loss sums over the processes of ``torch.distributed`` (no-op otherwise)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return loss_sum, seen
-    matrix = confusion.matrix.to(device)
-    dist.all_reduce(matrix)
-    confusion.matrix.copy_(matrix.to(confusion.matrix.device))
-    sums = torch.tensor([loss_sum, float(seen)], dtype=torch.float64, device=device)
-    dist.all_reduce(sums)
-    return float(sums[0]), int(sums[1])

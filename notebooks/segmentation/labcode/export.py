@@ -186,6 +186,22 @@ def export_onnx(
                           f"({', '.join(classes[:3])}, ...): refusing to export it to {path} with the wrong class "
                           "names")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _export_graph(model, example, path, opset)
+    _add_metadata(path, {"classes": json.dumps(classes), "num_classes": str(len(classes)),
+                         "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
+                         "input": "RGB, (x / 255 - mean) / std, NCHW float32",
+                         **({"upsampling": f"{folded} nearest x2 upsampling + 3x3 Conv pairs exported as four 2x2 "
+                             "Conv phases + DepthToSpace (labcode.export.NearestUpsampleConv)"} if folded else {}),
+                         **(metadata or {})})
+    return path
+
+
+def _export_graph(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    """Write the graph with dynamic batch, height and width: the dynamo exporter, else the TorchScript one.
+
+    Raises:
+        ExportError: both exporters failed.
+    """
     try:
         with _quiet_exporter(), torch.no_grad():
             dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
@@ -203,13 +219,6 @@ def export_onnx(
                                   opset_version=opset or 17, dynamo=False, verbose=False)
         except Exception as exc2:
             raise ExportError(f"cannot export the model to {path}: {type(exc2).__name__}: {exc2}") from exc2
-    _add_metadata(path, {"classes": json.dumps(classes), "num_classes": str(len(classes)),
-                         "mean": json.dumps(list(MEAN)), "std": json.dumps(list(STD)),
-                         "input": "RGB, (x / 255 - mean) / std, NCHW float32",
-                         **({"upsampling": f"{folded} nearest x2 upsampling + 3x3 Conv pairs exported as four 2x2 "
-                             "Conv phases + DepthToSpace (labcode.export.NearestUpsampleConv)"} if folded else {}),
-                         **(metadata or {})})
-    return path
 
 
 def _add_metadata(path: Path, entries: dict[str, str]) -> None:

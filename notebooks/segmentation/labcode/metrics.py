@@ -21,8 +21,15 @@ Accumulating counts and reducing once at the end gives the data-set score; avera
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from labcode.distributed import world_size
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -93,6 +100,9 @@ class ConfusionMatrix:
         for images, masks in loader:
             cm.update(model(images), masks)
         scores = cm.compute()  # scores["macro_f1"], scores["iou_per_class"], ...
+
+    Under ``torch.distributed``, :meth:`all_reduce` adds the counts of every process before the metrics are taken;
+    :meth:`summary` gives the same metrics as plain Python numbers, under the same keys.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
@@ -153,6 +163,47 @@ class ConfusionMatrix:
             "support": cm.sum(dim=1).numpy(),
         }
 
+    def summary(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """:meth:`compute` as plain Python numbers, under the same keys (for logs, JSON and TensorBoard).
+
+        Args:
+            class_names: when given, the per-class values are dicts ``{class name: value}`` in this order, else lists.
+
+        Returns:
+            ``macro_f1``, ``mean_iou``, ``pixel_accuracy`` (floats), ``f1_per_class``, ``iou_per_class`` (floats,
+            NaN for absent classes: :func:`nan_to_none` makes them strict JSON) and ``support`` (ints).
+        """
+        scores = self.compute()
+
+        def per_class(values, kind):
+            values = [kind(value) for value in values]
+            return dict(zip(class_names, values, strict=True)) if class_names is not None else values
+
+        return {
+            "macro_f1": float(scores["macro_f1"]),
+            "mean_iou": float(scores["mean_iou"]),
+            "pixel_accuracy": float(scores["pixel_accuracy"]),
+            "f1_per_class": per_class(scores["f1_per_class"], float),
+            "iou_per_class": per_class(scores["iou_per_class"], float),
+            "support": per_class(scores["support"], int),
+        }
+
+    def all_reduce(self, device: torch.device | str | None = None) -> "ConfusionMatrix":
+        """Add the counts of every process of ``torch.distributed`` into this matrix (nothing to do without it).
+
+        Args:
+            device: where the reduction happens (a CUDA device for NCCL); default: where the counts are.
+
+        Returns:
+            ``self``, holding the counts of the union of the processes' batches.
+        """
+        if world_size() <= 1:
+            return self
+        matrix = self.matrix.to(device if device is not None else self.matrix.device)
+        dist.all_reduce(matrix)
+        self.matrix = matrix.to(self.matrix.device)
+        return self
+
 
 def constant_predictor_scores(frequencies: ArrayLike, predicted_class: int) -> dict:
     """Accuracy and macro F1 of a model that predicts ``predicted_class`` for every pixel.
@@ -165,7 +216,7 @@ def constant_predictor_scores(frequencies: ArrayLike, predicted_class: int) -> d
         predicted_class: the class always predicted.
 
     Returns:
-        ``{"accuracy": float, "macro_f1": float}``
+        ``{"pixel_accuracy": float, "macro_f1": float}``
     """
     freq = np.asarray(frequencies, dtype=np.float64)
     if freq.ndim != 1 or (freq < 0).any() or freq.sum() <= 0:
@@ -174,4 +225,15 @@ def constant_predictor_scores(frequencies: ArrayLike, predicted_class: int) -> d
         raise ValueError(f"predicted_class must be in 0..{len(freq) - 1}, got {predicted_class}")
     cm = np.zeros((len(freq), len(freq)))
     cm[:, predicted_class] = freq / freq.sum()
-    return {"accuracy": pixel_accuracy(cm), "macro_f1": macro_f1(cm)}
+    return {"pixel_accuracy": pixel_accuracy(cm), "macro_f1": macro_f1(cm)}
+
+
+def nan_to_none(value: Any) -> Any:
+    """Replace NaN floats (absent classes) by ``None`` in nested dicts and lists, for strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {key: nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_none(item) for item in value]
+    return value

@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from labcode.classes import NUM_CLASSES
 from labcode.deeplab import DeepLabV3Plus
 from labcode.errors import UnknownNameError, unknown_name
 from labcode.unet import UNet
@@ -145,29 +143,10 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the summary of a model on a dummy batch (``python -m labcode.models --help``)."""
-    from labcode.commands.options import positive_int
+    """Print the summary of a model on a dummy batch: the ``models`` command (:mod:`labcode.commands.models`)."""
+    from labcode.commands.models import main as models_command
 
-    parser = argparse.ArgumentParser(prog="python -m labcode.models", description=main.__doc__)
-    parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
-    parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,
-                        help="number of classes (default: 14)")
-    parser.add_argument("--img-size", type=positive_int, nargs="+", default=[256], metavar="N",
-                        help="image size: N for N×N or H W (default: 256)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="dummy batch size (default: 1)")
-    parser.add_argument("--num-blocks", type=positive_int, help="UNet: number of encoder/decoder blocks")
-    parser.add_argument("--base-chan", type=positive_int, help="channels of the first block/stage")
-    args = parser.parse_args(argv)
-    if len(args.img_size) not in (1, 2):
-        parser.error("--img-size takes one (N) or two (H W) integers")
-    height, width = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
-    options = {"num_blocks": args.num_blocks, "base_chan": args.base_chan}
-    try:
-        model = build_model(args.model, args.num_classes, **{k: v for k, v in options.items() if v is not None})
-    except UnknownNameError as err:
-        parser.error(str(err))
-    print(model_summary(model, (args.batch_size, 3, height, width)))
-    return 0
+    return models_command(argv)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labcode.classes import TEST_AREAS, TRAIN_AREAS
 from labcode.errors import LabError
 
 logger = logging.getLogger(__name__)
-
-#: Areas the reference model trains on (validation rooms are taken from them) and the areas that only test it.
-TRAIN_AREAS: tuple[str, ...] = ("1", "2", "3", "4", "6")
-TEST_AREAS: tuple[str, ...] = ("5a", "5b")
 
 #: The protocol in one sentence, for summaries and help texts.
 PROTOCOL = ("training on areas 1, 2, 3, 4 and 6; validation (the choice of the best epoch) on a tenth of their "
@@ -77,7 +74,7 @@ def recipe_config(datadir: str | Path | None = None, **overrides: Any):
 
     ``overrides`` replace fields of the recipe (``epochs``, ``amp``, ``logdir``, ``run_name``, ``progress``...).
     """
-    from labcode.train import TrainConfig
+    from labcode.config import TrainConfig
 
     fields = {**CPU_RECIPE, "model_options": dict(CPU_RECIPE["model_options"]),
               "areas_train": list(CPU_RECIPE["areas_train"]), **overrides}
@@ -127,19 +124,29 @@ def is_complete(run_dir: str | Path) -> bool:
     return (run_dir / "best.onnx").is_file() and (run_dir / "reference.json").is_file()
 
 
+#: What ``reference.json`` keeps of each evaluation (metric names of :meth:`labcode.metrics.ConfusionMatrix.summary`).
+SCORE_KEYS = ("areas", "images", "macro_f1", "mean_iou", "pixel_accuracy", "f1_per_class", "iou_per_class")
+#: The metric names of the reference runs written before the library had one vocabulary, and today's.
+_OLD_SCORE_KEYS = {"miou": "mean_iou", "accuracy": "pixel_accuracy", "f1": "f1_per_class", "iou": "iou_per_class"}
+
+
 def read_scores(run_dir: str | Path | None = None) -> dict[str, Any]:
-    """The ``reference.json`` of a reference run (default: :func:`reference_dir`)."""
+    """The ``reference.json`` of a reference run (default: :func:`reference_dir`); the scores of a run written with
+    the former metric names (``miou``, ``accuracy``, ``f1``, ``iou``) come back under today's."""
     path = Path(run_dir or reference_dir()) / "reference.json"
     if not path.is_file():
         raise LabError(f"no reference run in {path.parent}: make it with `python -m labcode reference`")
-    return json.loads(path.read_text())
+    summary = json.loads(path.read_text())
+    for name, scores in summary.get("scores", {}).items():
+        summary["scores"][name] = {_OLD_SCORE_KEYS.get(key, key): value for key, value in scores.items()}
+    return summary
 
 
 def _scores(segmenter, datadir: Path, areas: list[str], img_size: int, progress: bool) -> dict[str, Any]:
-    from labcode.infer import evaluate_areas
+    from labcode.scoring import evaluate_areas
 
     result = evaluate_areas(segmenter, datadir, areas, img_size=img_size, progress=progress)
-    return {key: result[key] for key in ("areas", "images", "macro_f1", "miou", "accuracy", "f1", "iou")}
+    return {key: result[key] for key in SCORE_KEYS}
 
 
 def train_reference(datadir: str | Path | None = None, out: str | Path | None = None, *, progress: bool = True,
@@ -157,8 +164,8 @@ def train_reference(datadir: str | Path | None = None, out: str | Path | None = 
         The contents of ``reference.json``: ``model``, ``checkpoint``, ``run_dir``, ``datadir``, ``protocol``,
         ``recipe``, ``precision``, ``device``, ``train_images``, ``valid_images``, ``best_epoch``,
         ``best_valid_macro_f1``, ``training_seconds``, ``epoch_times``, ``parity`` (ONNX against PyTorch),
-        ``eval_img_size`` and ``scores`` (``train``, ``5a``, ``5b``, ``5a+5b``: macro F1,
-        mIoU, accuracy, per-class F1 and IoU), or ``{"interrupted": True, ...}`` if the training was interrupted.
+        ``eval_img_size`` and ``scores`` (``train``, ``5a``, ``5b``, ``5a+5b``: the :data:`SCORE_KEYS` of
+        :func:`labcode.scoring.evaluate_areas`), or ``{"interrupted": True, ...}`` if the training was interrupted.
     """
     from labcode.infer import OnnxSegmenter
     from labcode.synth import ensure_default_dataset

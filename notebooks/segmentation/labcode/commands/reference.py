@@ -58,8 +58,8 @@ def describe(summary: dict) -> str:
                         ("5b", "area 5b"), ("5a+5b", "areas 5a + 5b")):
         if name in scores:
             result = scores[name]
-            lines.append(f"  {label:<28} macro F1 {result['macro_f1']:.3f}, mIoU {result['miou']:.3f}, "
-                         f"accuracy {result['accuracy']:.3f} ({result['images']} images)")
+            lines.append(f"  {label:<28} macro F1 {result['macro_f1']:.3f}, mIoU {result['mean_iou']:.3f}, "
+                         f"accuracy {result['pixel_accuracy']:.3f} ({result['images']} images)")
     return "\n".join(lines)
 
 

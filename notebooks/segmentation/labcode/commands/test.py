@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labcode.infer import evaluate_areas, format_metrics_table, load_segmenter, segment_image_file
+    from labcode.infer import load_segmenter, segment_image_file
+    from labcode.scoring import evaluate_areas, format_metrics_table
 
     if args.image is not None:
         from labcode.infer import read_image

@@ -21,78 +21,59 @@ import shlex
 import sys
 from pathlib import Path
 
-from labcode.commands.options import (ArgumentParser, float_in, image_side, non_negative_float, non_negative_int,
-                                      open_ratio, positive_float, positive_int, seed)
+from labcode.commands.common import (
+    add_data_options,
+    add_device_options,
+    add_loss_options,
+    add_model_options,
+    add_optimisation_options,
+    given_options,
+    set_threads,
+    unet_options,
+)
+from labcode.commands.options import ArgumentParser, float_in, non_negative_float, positive_int
 from labcode.errors import LabError
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="unet", help="model name: unet or deeplabv3plus (default: unet)")
-    parser.add_argument("--num-blocks", "--num_blocks", type=positive_int, default=None, help="UNet: encoder blocks")
-    parser.add_argument("--base-chan", "--base_chan", type=positive_int, default=None,
-                        help="UNet: channels of the first block")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m labcode train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--datadir", default=None, help="data set root (default: $LABCODE_DATADIR or the generated "
-                      "data set, created on first use)")
-    data.add_argument("--areas-train", "--areas_train", nargs="+", default=None,
-                      help="training areas (default: 1 2 3 4 6)")
+    add_data_options(data, areas_train=None, valid_ratio=0.2, img_size=256, batch_size=8, num_workers=2)
     data.add_argument("--areas-valid", "--areas_valid", nargs="*", default=None,
                       help="validation areas, never the test areas (default: hold out --valid-ratio of the training "
                       "images, whole rooms at a time)")
-    data.add_argument("--valid-ratio", "--valid_ratio", type=open_ratio, default=0.2,
-                      help="share of the training images held out for validation, whole rooms (default: 0.2)")
-    data.add_argument("--img-size", "--img_size", type=image_side, default=256, help="side of the training crops")
-    data.add_argument("--batch-size", "--batch_size", type=positive_int, default=8)
-    data.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=2)
     data.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
     data.add_argument("--cache-dir", "--cache_dir", default=None,
                       help="read the images from a cache made by `python -m labcode prepare`")
 
     model = parser.add_argument_group("model and loss")
-    add_model_arguments(model)
-    model.add_argument("--loss", default="ce", help="ce, focal, dice, tversky, lovasz or mcc (default: ce)")
-    model.add_argument("--focal-gamma", "--focal_gamma", type=non_negative_float, default=None, help="focal loss: gamma")
-    model.add_argument("--tversky-alpha", "--tversky_alpha", type=non_negative_float, default=None, help="Tversky: alpha (FP)")
-    model.add_argument("--tversky-beta", "--tversky_beta", type=non_negative_float, default=None, help="Tversky: beta (FN)")
-    model.add_argument("--class-weights", "--class_weights", default="none",
-                       help="none, uniform, inverse, inverse_sqrt, median or effective (default: none)")
+    add_model_options(model)
+    add_loss_options(model, loss="ce", class_weights="none")
+    model.add_argument("--focal-gamma", "--focal_gamma", type=non_negative_float, default=None,
+                       help="focal loss: gamma")
+    model.add_argument("--tversky-alpha", "--tversky_alpha", type=non_negative_float, default=None,
+                       help="Tversky: alpha (FP)")
+    model.add_argument("--tversky-beta", "--tversky_beta", type=non_negative_float, default=None,
+                       help="Tversky: beta (FN)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=positive_int, default=10)
-    optim.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of AdamW")
+    add_optimisation_options(optim, epochs=10, lr=1e-3)
     optim.add_argument("--weight-decay", "--weight_decay", type=non_negative_float, default=1e-4)
     optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float_in(0.0, 1.0), default=0.05,
                        help="fraction of the steps of linear warm-up before the cosine decay")
-    optim.add_argument("--seed", type=seed, default=0)
-    optim.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
 
     run = parser.add_argument_group("run")
+    add_device_options(run)
     run.add_argument("--logdir", default="runs", help="parent directory of the runs (default: runs)")
     run.add_argument("--run-name", "--run_name", default=None, help="run directory name (default: model-time)")
     run.add_argument("--figure-every", type=positive_int, default=1,
                      help="draw the TensorBoard figures every N epochs and at the last one (default: 1)")
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                      help="continue a run: a checkpoint, a run directory, or nothing for <logdir>/<run-name>")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    run.add_argument("--threads", type=positive_int, default=None,
-                     help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
-    run.add_argument("--no-amp", dest="amp", action="store_false",
-                     help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
     run.add_argument("--channels-last", "--channels_last", action="store_true")
     run.add_argument("--no-export", dest="export_onnx", action="store_false", help="do not export best.onnx")
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
-
-
-def model_options(args: argparse.Namespace) -> dict[str, int]:
-    """UNet options given on the command line (only those given)."""
-    options = {"num_blocks": args.num_blocks, "base_chan": args.base_chan}
-    return {key: value for key, value in options.items() if value is not None}
 
 
 def loss_options(args: argparse.Namespace) -> dict[str, float]:
@@ -111,7 +92,8 @@ def loss_options(args: argparse.Namespace) -> dict[str, float]:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]):
-    from labcode.train import DEFAULT_TRAIN_AREAS, TrainConfig
+    from labcode.classes import TRAIN_AREAS
+    from labcode.config import TrainConfig
 
     resume = args.resume
     if resume == "":
@@ -119,9 +101,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
             raise LabError("--resume without a checkpoint needs --run-name (the run to continue)")
         resume = str(Path(args.logdir) / args.run_name)
     return TrainConfig(
-        datadir=args.datadir, areas_train=args.areas_train or list(DEFAULT_TRAIN_AREAS),
+        datadir=args.datadir, areas_train=args.areas_train or list(TRAIN_AREAS),
         areas_valid=args.areas_valid or None, valid_ratio=args.valid_ratio, model=args.model,
-        model_options=model_options(args), loss=args.loss, loss_options=loss_options(args),
+        model_options=unet_options(args), loss=args.loss, loss_options=loss_options(args),
         class_weights=args.class_weights, img_size=args.img_size, batch_size=args.batch_size,
         num_workers=args.num_workers, augment=args.augment, cache_dir=args.cache_dir, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, small=args.small, seed=args.seed,
@@ -136,25 +118,17 @@ _SOURCES = {"model_options": ("num_blocks", "base_chan"), "loss_options": ("loss
                                                                            "tversky_beta")}
 
 
-def given_options(argv: list[str]) -> set[str]:
-    """Destinations of the options written on the command line (not left to their defaults)."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
-
-
 def merge_resumed(config, argv: list[str]):
     """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now.
 
     Model options given now are applied over the checkpoint's, so that :func:`labcode.train.fit` compares the
     architecture asked for with the checkpoint's and refuses a change.
     """
-    from labcode.checkpoint import load_checkpoint
-    from labcode.train import TrainConfig, find_resume_checkpoint
+    from labcode.checkpoint import find_resume_checkpoint, load_checkpoint
+    from labcode.config import TrainConfig
 
     saved = load_checkpoint(find_resume_checkpoint(config.resume)).get("config", {})
-    given = given_options(argv)
+    given = given_options(build_parser, argv)
     merged = config.to_dict()
     for key, value in saved.items():
         if key in merged and key not in ("resume", "command") and not given & set(_SOURCES.get(key, (key,))):
@@ -169,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from labcode.train import fit
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config = config_from_args(args, argv)
     if config.resume:
         config = merge_resumed(config, argv)
