@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from labcode.data import Sample, SegmentationDataset, StanfordDataset
+from labcode.dataformat import Sample
+from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
 
 logger = logging.getLogger(__name__)
