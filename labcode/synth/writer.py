@@ -16,7 +16,9 @@ from typing import Mapping, NamedTuple
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
+import labcode
 from labcode.classes import AREAS
 from labcode.dataformat import LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, UNKNOWN_ENTRY
 from labcode.errors import DatasetError, LabError
@@ -132,8 +134,6 @@ def _spawn_safe() -> bool:
 
 def _write_into(tmp: Path, areas, counts, size: int, seed: int, workers: int, progress: bool) -> None:
     """Generate the whole data set inside ``tmp``; ``assets/synth.json`` is written last."""
-    from tqdm.auto import tqdm
-
     entries, tasks = _plan_dataset(tmp, areas, counts, size, seed)
     (tmp / "assets").mkdir(parents=True)
     for area in areas:
@@ -225,8 +225,6 @@ def data_home() -> Path:
     repository; otherwise (the student copy of the library in an assignment folder) a per-user cache folder, so
     that the data never lands in a folder that ``nbgrader submit`` uploads.
     """
-    import labcode
-
     if os.environ.get("LABCODE_DATA_HOME"):
         return Path(os.environ["LABCODE_DATA_HOME"])
     checkout = Path(labcode.__file__).resolve().parents[1]
