@@ -10,8 +10,9 @@ import pytest
 
 import labcode.cache as cache
 from labcode.cache import CachedDataset, prepare_cache
-from labcode.data import StanfordDataset, get_dataloaders
+from labcode.datasets import StanfordDataset
 from labcode.errors import DatasetError
+from labcode.loaders import get_dataloaders
 
 
 def test_same_labels_as_raw_path_at_equal_size(synth_root, tmp_path):

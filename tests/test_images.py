@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from labcode import images
-from labcode.data import read_rgb, read_semantic
+from labcode.dataformat import read_rgb, read_semantic
 from labcode.errors import DatasetError, UnknownNameError
 
 DECODERS = images.available_decoders()

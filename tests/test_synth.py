@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from labcode import synth
+from labcode.synth import layout, writer
 from labcode.classes import AREAS, CLASSES
 from labcode.commands.synth import main as synth_main
 from labcode.errors import LabError
@@ -152,7 +153,7 @@ def test_an_area_alone_renders_the_same_images(small, tmp_path):
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_failed_generation_leaves_no_dataset(tmp_path, monkeypatch, error):
-    real, calls = synth._render_task, []
+    real, calls = writer._render_task, []
 
     def failing(task):
         calls.append(task)
@@ -160,7 +161,7 @@ def test_failed_generation_leaves_no_dataset(tmp_path, monkeypatch, error):
             raise error("stop")
         return real(task)
 
-    monkeypatch.setattr(synth, "_render_task", failing)
+    monkeypatch.setattr(writer, "_render_task", failing)
     with pytest.raises(error):
         synth.generate_dataset(tmp_path / "out", **SMALL)
     assert len(calls) == 4
@@ -231,7 +232,7 @@ def test_default_dataset_is_made_once_and_reused(tmp_path, monkeypatch):
         raise AssertionError("the complete data set should have been reused")
 
     with monkeypatch.context() as patch:
-        patch.setattr(synth, "_write_into", no_rendering)
+        patch.setattr(writer, "_write_into", no_rendering)
         assert synth.ensure_default_dataset(progress=False, params=params) == root
     assert files_of(root) == before
     other = synth.SynthParams(size=32, images_per_area=(("2", 1),), seed=5)  # other parameters: regenerated
@@ -244,7 +245,7 @@ def test_default_dataset_race_keeps_the_first_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("LABCODE_DATA_HOME", str(tmp_path))
     params = synth.SynthParams(size=32, images_per_area=(("4", 1),), seed=2)
     root = tmp_path / f"synth-{synth.SYNTH_VERSION}"
-    real = synth._write_into
+    real = writer._write_into
 
     def slow_loser(tmp, *args):  # another process publishes its copy while this one renders
         real(tmp, *args)
@@ -253,7 +254,7 @@ def test_default_dataset_race_keeps_the_first_copy(tmp_path, monkeypatch):
         (winner / "assets" / "winner.txt").write_text("first")
         winner.rename(root)
 
-    monkeypatch.setattr(synth, "_write_into", slow_loser)
+    monkeypatch.setattr(writer, "_write_into", slow_loser)
     assert synth.ensure_default_dataset(progress=False, params=params, workers=1) == root
     assert (root / "assets" / "winner.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # the loser's copy is gone
@@ -281,18 +282,18 @@ def test_relabelled_codes_are_the_instances_the_annotation_noise_changed(medium,
     manifest = json.loads((medium / "assets" / "synth.json").read_text())
     def draw_without_relabelling(room, rng):  # the same random draws, so that the rest of the plan is unchanged
         for cls, _ in room.instances:
-            if cls in synth._CONFUSED:
+            if cls in layout._CONFUSED:
                 rng.random()
 
-    monkeypatch.setattr(synth, "_add_annotation_noise", draw_without_relabelling)
-    clean, _ = synth._plan_dataset(medium, tuple(manifest["areas"]), manifest["images_per_area"], manifest["size"],
-                                   manifest["seed"])
+    monkeypatch.setattr(layout, "_add_annotation_noise", draw_without_relabelling)
+    clean, _ = writer._plan_dataset(medium, tuple(manifest["areas"]), manifest["images_per_area"], manifest["size"],
+                                    manifest["seed"])
     assert len(clean) == len(entries)
     changed = [i for i, (noisy, right) in enumerate(zip(entries, clean)) if noisy.split("_")[0] != right.split("_")[0]]
     assert changed, "the medium data set should hold relabelled instances"
     assert found.tolist() == changed
     for code in changed:  # a look-alike's class, as the generator confuses them
-        assert synth._CONFUSED[clean[code].split("_")[0]] == entries[code].split("_")[0]
+        assert layout._CONFUSED[clean[code].split("_")[0]] == entries[code].split("_")[0]
 
 
 def test_relabelled_codes_of_a_data_set_the_generator_did_not_make(small, tmp_path):
@@ -311,3 +312,12 @@ def test_default_data_set_has_several_rooms_in_every_area():
         rooms = synth.plan_area(synth.DEFAULT_SYNTH.seed, area, count)
         assert sum(len(room.shots) for room in rooms) == count
         assert len(rooms) >= 5, f"area {area}: only {len(rooms)} rooms"
+
+
+def test_every_name_imported_from_labcode_synth_is_there():
+    from tests.test_data import imported_names
+
+    found = imported_names(re.compile(r"from labcode\.synth import (?:\(([^)]*)\)|([A-Za-z0-9_, ]+))"))
+    assert "labcode/commands/synth.py" in found and "solutions/segmentation/01_data_exploration.ipynb" in found
+    missing = {path: sorted(n for n in names if not hasattr(synth, n)) for path, names in found.items()}
+    assert not {path: names for path, names in missing.items() if names}
