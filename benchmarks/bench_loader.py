@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import bench_dataset, best_time, interleaved_rounds, machine, paired_ratio, print_table
-from labcode import images
+from labcode import images, loaders
 from labcode.cache import CachedDataset, prepare_cache, read_index, verify_cache
 from labcode.classes import CLASSES
 from labcode.data import StanfordDataset, read_rgb, read_semantic
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # what DataLoader workers do
+    loaders.init_worker(0)  # and OpenCV on one thread, as in the loaders' workers
     root = bench_dataset(args.size, args.images)
     transforms = PairedTransform(train_transforms(args.out_size))
     decoders = images.available_decoders()

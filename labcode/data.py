@@ -15,12 +15,28 @@ data and, like any index past the end of the list, decodes to ``<UNK>``.
 from __future__ import annotations
 
 from labcode.dataformat import (
-    LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, Sample, available_areas, class_of_entry, classes_of_codes,
-    decode_semantic, list_samples, load_label_lut, read_rgb, read_semantic, room_of,
+    LABELS_JSON,
+    MISSING_CODE,
+    RGB_SUFFIX,
+    SEMANTIC_SUFFIX,
+    Sample,
+    available_areas,
+    class_of_entry,
+    classes_of_codes,
+    decode_semantic,
+    list_samples,
+    load_label_lut,
+    read_rgb,
+    read_semantic,
+    room_of,
 )
 from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.loaders import (
-    default_datadir, default_num_workers, get_dataloaders, get_test_dataloader, split_by_room,
+    default_datadir,
+    default_num_workers,
+    get_dataloaders,
+    get_test_dataloader,
+    split_by_room,
     worker_processes_possible,
 )
 

@@ -104,7 +104,8 @@ def shard_validation(loader):
     from torch.utils.data.distributed import DistributedSampler
 
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=DistributedSampler(loader.dataset,
-                      shuffle=False), num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+                      shuffle=False), num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn)
 
 
 def agreed_stop(stop: StopSignal, device: torch.device) -> Callable[[], bool]:

@@ -11,8 +11,16 @@ import numpy as np
 from labcode import images
 from labcode.classes import CLASSES
 from labcode.dataformat import (
-    LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, Sample, decode_semantic, list_samples, load_label_lut,
-    read_semantic, room_of,
+    LABELS_JSON,
+    MISSING_CODE,
+    RGB_SUFFIX,
+    SEMANTIC_SUFFIX,
+    Sample,
+    decode_semantic,
+    list_samples,
+    load_label_lut,
+    read_semantic,
+    room_of,
 )
 from tests.conftest import TINY_CLASSES, TINY_ENTRIES, semantic_image
 

@@ -27,7 +27,8 @@ def test_dataset_items_match_hand_written_files(tiny_root):
         assert mask.dtype == np.int64 and mask.shape == want_mask.shape
         np.testing.assert_array_equal(mask, want_mask)
         assert sample.semantic.name.endswith("_domain_semantic.png")
-        assert sample.rgb.name.replace("_domain_rgb.png", "") == sample.semantic.name.replace("_domain_semantic.png", "")
+        stem = sample.rgb.name.replace("_domain_rgb.png", "")
+        assert stem == sample.semantic.name.replace("_domain_semantic.png", "")
 
 
 def test_missing_and_out_of_range_codes_are_unknown(tiny_root):

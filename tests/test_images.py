@@ -75,8 +75,12 @@ def hand_written_cases() -> dict[str, tuple[bytes, np.ndarray]]:
     gray_alpha = rng.integers(0, 256, (*shape, 2), dtype=np.uint8)
     palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
     indices = rng.integers(0, 16, shape, dtype=np.uint8)
-    to8 = (lambda a: (a >> 8).astype(np.uint8))  # 16-bit: the 8 most significant bits
-    gray = (lambda g: np.repeat(g[..., None], 3, axis=2))
+    def to8(a: np.ndarray) -> np.ndarray:  # 16-bit: the 8 most significant bits
+        return (a >> 8).astype(np.uint8)
+
+    def gray(g: np.ndarray) -> np.ndarray:
+        return np.repeat(g[..., None], 3, axis=2)
+
     return {
         "gray8": (encode_png(gray8, 0), gray(gray8)),
         "rgb8": (encode_png(rgb8, 2), rgb8),

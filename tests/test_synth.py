@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from labcode import synth
-from labcode.synth import layout, writer
 from labcode.classes import AREAS, CLASSES
 from labcode.commands.synth import main as synth_main
 from labcode.errors import LabError
+from labcode.synth import layout, writer
 
 MISSING = 0x0D0D0D
 NAME = re.compile(r"^camera_([0-9a-f]{32})_([A-Za-z]+)_(\d+)_frame_(\d+)_domain_(rgb|semantic)\.png$")

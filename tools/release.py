@@ -315,8 +315,10 @@ def compare_trees(a: Path, b: Path) -> list[str]:
     def files(root: Path) -> set[str]:
         if not root.exists():
             return set()
+
         def kept(path: Path) -> bool:
-            return not any(fnmatch.fnmatch(part, pattern) for part in path.relative_to(root).parts for pattern in ignored)
+            parts = path.relative_to(root).parts
+            return not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in ignored)
 
         return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and kept(p)}
 

@@ -29,7 +29,12 @@ and camera effects) and ``writer`` (planning, rendering and publishing a data se
 
 from labcode.synth.layout import plan_area
 from labcode.synth.params import (
-    AREA_WEIGHTS, DEFAULT_SYNTH, REAL_AREA_IMAGES, SYNTH_VERSION, SynthParams, area_image_counts,
+    AREA_WEIGHTS,
+    DEFAULT_SYNTH,
+    REAL_AREA_IMAGES,
+    SYNTH_VERSION,
+    SynthParams,
+    area_image_counts,
 )
 from labcode.synth.render import render_frame
 from labcode.synth.scene import Box, Material, Patch, Room, Shot

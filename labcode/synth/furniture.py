@@ -6,9 +6,18 @@ import numpy as np
 
 from labcode.synth.scene import Box, Material, Patch, Room
 from labcode.synth.styles import (
-    _BEAMS, _BRIGHTS, _COLUMNS, _DOORS, _METALS, _PAINTS, _SOFA_FABRICS, _WOODS, _jitter, _Recipe, _Style,
+    _BEAMS,
+    _BRIGHTS,
+    _COLUMNS,
+    _DOORS,
+    _METALS,
+    _PAINTS,
+    _SOFA_FABRICS,
+    _WOODS,
+    _jitter,
+    _Recipe,
+    _Style,
 )
-
 
 _INWARD = (0.0, np.pi, np.pi / 2, -np.pi / 2)  # heading that faces into the room from walls 0..3
 

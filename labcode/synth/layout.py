@@ -6,7 +6,11 @@ import numpy as np
 
 from labcode.classes import AREAS
 from labcode.synth.furniture import (
-    _add_clutter, _add_furniture, _add_structure, _add_wall_things, _Layout,
+    _add_clutter,
+    _add_furniture,
+    _add_structure,
+    _add_wall_things,
+    _Layout,
 )
 from labcode.synth.scene import Material, Room, Shot
 from labcode.synth.styles import _PAINTS, _ROOM_TYPES, _building_style, _jitter, _Style

@@ -130,13 +130,14 @@ def _cast_box(box: Box, origin: np.ndarray, dirs: np.ndarray, basis, focal: floa
     local_dirs = (c * dx + s * dy, c * dy - s * dx, dz)  # rotated into the box frame
     rel_o = origin - box.center
     local_o = (c * rel_o[0] + s * rel_o[1], c * rel_o[1] - s * rel_o[0], rel_o[2])
-    t_enter = []
+    t_enter, t_exit = [], []
     for k in range(3):
         inv = 1 / np.where(np.abs(local_dirs[k]) < 1e-6, np.float32(1e-6), local_dirs[k])
         ta, tb = (-box.half[k] - local_o[k]) * inv, (box.half[k] - local_o[k]) * inv
         t_enter.append(np.minimum(ta, tb))
-        far = np.maximum(ta, tb) if k == 0 else np.minimum(far, np.maximum(ta, tb))
+        t_exit.append(np.maximum(ta, tb))
     near = np.maximum(np.maximum(t_enter[0], t_enter[1]), t_enter[2])
+    far = np.minimum(np.minimum(t_exit[0], t_exit[1]), t_exit[2])
     depth = frame.depth[r0:r1, c0:c1]
     hit = (near <= far) & (near > 1e-3) & (near < depth)
     if not hit.any():

@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from labcode.data import Sample, SegmentationDataset, StanfordDataset
+from labcode.dataformat import Sample
+from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -192,32 +193,53 @@ def prepare_cache(
     dataset = StanfordDataset(datadir, areas=areas)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    index_path = out / "index.json"
     wanted = _index_for(dataset, size)
     n = len(dataset)
     shapes = {"images": (n, size, size, 3), "masks": (n, size, size), "done": (n,)}
     dtypes = {"images": np.dtype(np.uint8), "masks": np.dtype(np.uint8), "done": np.dtype(np.bool_)}
-    resume = False
-    if index_path.is_file():
-        try:
-            existing = read_index(out)
-        except CacheDamagedError as exc:
-            logger.warning("%s; rebuilding the cache", exc.damage)
-            existing = None
-        if existing is not None and not _same_request(existing, wanted):
-            raise DatasetError(f"{out} already holds a cache of another data set, size or areas; choose another --out")
-        if existing is not None and existing["version"] == CACHE_VERSION:
-            if not existing["complete"]:
-                resume = all((out / f"{name}.npy").is_file() for name in shapes)
-            else:
-                try:
-                    verify_cache(out, existing)
-                    return out
-                except CacheDamagedError as exc:
-                    logger.warning("%s; rebuilding the cache", exc.damage)
-    if not resume:
-        _write_json_atomic(index_path, wanted)
-    arrays = _open_arrays(out, shapes, dtypes, resume)
+    state = _existing_state(out, wanted, shapes)
+    if state == "complete":
+        return out
+    if state != "resume":
+        _write_json_atomic(out / "index.json", wanted)
+    arrays = _open_arrays(out, shapes, dtypes, state == "resume")
+    _fill(dataset, arrays, size, progress)
+    del arrays
+    checksums = {f"{name}.npy": file_checksum(out / f"{name}.npy") for name in shapes}
+    _write_json_atomic(out / "index.json", {**wanted, "complete": True, "checksums": checksums})
+    return out
+
+
+def _existing_state(out: Path, wanted: dict, shapes: dict) -> str:
+    """What ``out`` holds for the request ``wanted``: ``"complete"`` (checked intact), ``"resume"`` (an unfinished
+    cache whose arrays are all there) or ``"new"`` (nothing usable: no cache, an outdated or damaged one).
+
+    Raises:
+        DatasetError: ``out`` holds a cache of another request.
+    """
+    if not (out / "index.json").is_file():
+        return "new"
+    try:
+        existing = read_index(out)
+    except CacheDamagedError as exc:
+        logger.warning("%s; rebuilding the cache", exc.damage)
+        return "new"
+    if not _same_request(existing, wanted):
+        raise DatasetError(f"{out} already holds a cache of another data set, size or areas; choose another --out")
+    if existing["version"] != CACHE_VERSION:
+        return "new"
+    if not existing["complete"]:
+        return "resume" if all((out / f"{name}.npy").is_file() for name in shapes) else "new"
+    try:
+        verify_cache(out, existing)
+        return "complete"
+    except CacheDamagedError as exc:
+        logger.warning("%s; rebuilding the cache", exc.damage)
+        return "new"
+
+
+def _fill(dataset: StanfordDataset, arrays: dict[str, np.memmap], size: int, progress: bool) -> None:
+    """Decode, resize and write the items not done yet; ``done`` is marked only once their pixels are flushed."""
     todo = np.flatnonzero(~arrays["done"])
     pending = []
     for count, i in enumerate(tqdm(todo, desc=f"caching {size}px", disable=not progress, unit="img"), 1):
@@ -231,10 +253,6 @@ def prepare_cache(
             arrays["done"][pending] = True  # marked only once the pixels are on disk
             arrays["done"].flush()
             pending = []
-    del arrays
-    checksums = {f"{name}.npy": file_checksum(out / f"{name}.npy") for name in shapes}
-    _write_json_atomic(index_path, {**wanted, "complete": True, "checksums": checksums})
-    return out
 
 
 class CachedDataset(SegmentationDataset):

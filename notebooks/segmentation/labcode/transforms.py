@@ -9,12 +9,12 @@ ONNX export, inference and serving.
 
 from __future__ import annotations
 
+import albumentations as A
 import numpy as np
 import torch
+from albumentations.pytorch import ToTensorV2
 
 import labcode  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
-import albumentations as A
-from albumentations.pytorch import ToTensorV2
 
 #: Per-channel mean and standard deviation (ImageNet statistics) applied to images scaled to [0, 1].
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HEIGHTxWIDTH of the traced example input (default: 64x64)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="+", default=[(64, 64), (45, 77)],
                         help="HEIGHTxWIDTH sizes of the parity check (default: 64x64 45x77)")
-    parser.add_argument("--atol", type=positive_float, default=1e-3, help="largest accepted |ONNX - PyTorch| (default: 1e-3)")
+    parser.add_argument("--atol", type=positive_float, default=1e-3,
+                        help="largest accepted |ONNX - PyTorch| (default: 1e-3)")
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     return parser
 

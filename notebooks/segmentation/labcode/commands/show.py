@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.set_random_seed(args.seed)
         aug_image, aug_mask = PairedTransform(pipeline)(image, mask.astype("uint8"))
         augmented = (denormalize(aug_image), aug_mask.numpy())
-    fig = plot_sample(image, mask, augmented, title=f"{dataset.files[args.index].rgb.name} (area {dataset.files[args.index].area})")
+    shown = dataset.files[args.index]
+    fig = plot_sample(image, mask, augmented, title=f"{shown.rgb.name} (area {shown.area})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")

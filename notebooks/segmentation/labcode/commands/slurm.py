@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      usage="%(prog)s [options] [-- TRAIN OPTIONS]")
     parser.add_argument("--partition", default=None, help="SLURM partition")
     parser.add_argument("--time", default="04:00:00", help="time limit, HH:MM:SS or D-HH:MM:SS (default: 04:00:00)")
-    parser.add_argument("--gpus", type=non_negative_int, default=1, help="GPUs; more than one trains with torchrun (default: 1)")
+    parser.add_argument("--gpus", type=non_negative_int, default=1,
+                        help="GPUs; more than one trains with torchrun (default: 1)")
     parser.add_argument("--cpus", type=positive_int, default=8, help="CPU cores for the job (default: 8)")
     parser.add_argument("--mem", default=None, help="memory, e.g. 32G (default: the partition's)")
     parser.add_argument("--job-name", default="labcode-train")

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--default", action="store_true",
                         help="the course's default data set, where the notebooks find it (the other options are "
                              "ignored)")
-    parser.add_argument("--size", type=positive_int, default=1080, help="side of the square images in pixels (default 1080)")
+    parser.add_argument("--size", type=positive_int, default=1080,
+                        help="side of the square images in pixels (default 1080)")
     count = parser.add_mutually_exclusive_group()
     count.add_argument("--images-per-area", "--images_per_area", type=positive_int, default=None, metavar="N",
                        help="images in every area")
