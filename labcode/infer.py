@@ -19,10 +19,15 @@ import numpy as np
 
 from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.errors import LabError
+from labcode.uploads import UploadError, open_image
 
 
 class ModelFileError(LabError):
     """A model file cannot be loaded."""
+
+
+#: Photos read from files have no pixel limit of their own (Pillow's decompression-bomb guard still applies).
+_NO_PIXEL_LIMIT = 2**62
 
 
 class ImageFileError(LabError):
@@ -54,23 +59,21 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read a photo as ``uint8`` (H, W, 3) RGB, turned upright by its EXIF orientation.
+    """Read a photo as ``uint8`` (H, W, 3) RGB, decoded as the server decodes an upload
+    (:func:`labcode.uploads.open_image`): turned upright by its EXIF orientation, any mode brought to 8 bits.
 
     Raises:
         FileNotFoundError: no such file.
-        ImageFileError: the file is not an image PIL can decode (message names the file).
+        ImageFileError: the file is not an image Pillow can decode (message names the file).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageFileError(f"cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
+        image = open_image(path.read_bytes(), max_pixels=_NO_PIXEL_LIMIT, name=str(path))
+    except UploadError as exc:
+        raise ImageFileError(f"cannot read {path} as an image ({exc})") from exc
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def nearest_indices(source: int, target: int) -> np.ndarray:

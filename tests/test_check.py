@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from labcode.check import CHECKS
+from tests.course import write_library
 from tools import release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,21 +54,6 @@ def _self_check(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def solve_student_copy(library: Path) -> None:
-    """Write every exercise of a student copy of the library with the instructor's code, keeping the copy's headers."""
-    for source in sorted((REPO / "labcode").rglob("*.py")):
-        regions = release.find_regions(source.read_text(), str(source))
-        if not regions:
-            continue
-        target = library / source.relative_to(REPO / "labcode")
-        text = target.read_text()
-        for region in regions:
-            stub = "\n".join(release.stub_lines(region))
-            assert stub in text, f"{target}: no stub for {region.title}"
-            text = text.replace(stub, "\n".join(region.body), 1)
-        target.write_text(text)
-
-
 def test_self_check_fails_on_the_stubs_and_passes_with_the_solutions(tmp_path):
     work = tmp_path / "segmentation"
     shutil.copytree(RELEASE, work)
@@ -80,7 +66,7 @@ def test_self_check_fails_on_the_stubs_and_passes_with_the_solutions(tmp_path):
     assert "Augmentation pipeline: write it (see notebook 02_data_pipeline.ipynb)" in stubs.stdout
     assert f"0/{len(CHECKS)} checks pass." in stubs.stdout
 
-    solve_student_copy(work / "labcode")
+    write_library(work / "labcode")  # the instructor's code in the stubs
     solved = _self_check(work, "labcode", "check")  # the CLI spelling
     assert solved.returncode == 0, solved.stdout + solved.stderr
     assert f"{len(CHECKS)}/{len(CHECKS)} checks pass." in solved.stdout
@@ -108,7 +94,7 @@ def test_self_check_says_when_it_does_not_check_a_student_copy(tmp_path):
 def test_self_check_explains_wrong_and_crashing_code(tmp_path):
     work = tmp_path / "segmentation"
     shutil.copytree(RELEASE, work)
-    solve_student_copy(work / "labcode")
+    write_library(work / "labcode")  # the instructor's code in the stubs
     unet = work / "labcode" / "unet.py"
     text = unet.read_text()
     wrong = text.replace("nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout))",

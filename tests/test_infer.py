@@ -28,15 +28,21 @@ from labcode.models import build_model
 from labcode.transforms import preprocess
 
 
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
-    """A tiny UNet with a sharpened classifier (so that it predicts several classes), as ONNX and checkpoint."""
+def sharpened_unet() -> torch.nn.Module:
+    """A tiny UNet whose classifier is sharpened, so that it predicts several classes (also used by test_scoring)."""
     torch.manual_seed(0)
     model = build_model("unet", NUM_CLASSES, num_blocks=2, base_chan=4).eval()
     classifier = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         classifier.weight.mul_(30.0)
         classifier.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+    """A tiny UNet with a sharpened classifier (so that it predicts several classes), as ONNX and checkpoint."""
+    model = sharpened_unet()
     folder = tmp_path_factory.mktemp("models")
     ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "unet", "num_classes": NUM_CLASSES,
                             "model_options": {"num_blocks": 2, "base_chan": 4}}, folder / "best.pt")
@@ -76,6 +82,18 @@ def test_read_image_honours_exif_orientation_and_converts_modes(tmp_path: Path) 
     Image.fromarray(np.full((5, 6), 90, dtype=np.uint8), mode="L").save(tmp_path / "gray.png")
     assert read_image(tmp_path / "rgba.png").shape == (5, 6, 3)
     assert np.array_equal(read_image(tmp_path / "gray.png"), np.full((5, 6, 3), 90, dtype=np.uint8))
+
+
+def test_read_image_decodes_as_the_server_does(tmp_path: Path) -> None:
+    from labcode.uploads import open_image
+
+    values = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")  # 16-bit gray: scaled to 8 bits, not clipped at 255
+    image = read_image(tmp_path / "deep.png")
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 1], np.rint(values / 257.0).astype(np.uint8))
+    served = open_image((tmp_path / "deep.png").read_bytes()).convert("RGB")
+    np.testing.assert_array_equal(image, np.asarray(served))
 
 
 def test_read_image_errors_name_the_file(tmp_path: Path) -> None:

@@ -13,20 +13,15 @@ from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.data import StanfordDataset
 from labcode.export import export_onnx
 from labcode.infer import ModelFileError, OnnxSegmenter, Segmenter
-from labcode.models import build_model
 from labcode.scoring import evaluate_areas, format_metrics_table
 from labcode.transforms import preprocess
+from tests.test_infer import sharpened_unet
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     """A tiny UNet with a sharpened classifier (so that it predicts several classes), and its ONNX export."""
-    torch.manual_seed(0)
-    model = build_model("unet", NUM_CLASSES, num_blocks=2, base_chan=4).eval()
-    classifier = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        classifier.weight.mul_(30.0)
-        classifier.bias.zero_()
+    model = sharpened_unet()
     return model, export_onnx(model, tmp_path_factory.mktemp("models") / "best.onnx", example_size=(32, 32))
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labcode.check import CHECKS
+
+CHECK_NAMES = {check.run.__name__ for check in CHECKS}
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "solutions" / "segmentation"
 STEMS = ["01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "05_training",
@@ -112,7 +115,10 @@ def test_grade_ids_are_unique_and_cells_are_well_formed():
                 assert info["points"] > 0, grade_id
                 visible, _, hidden = cell.source.partition("### BEGIN HIDDEN TESTS")
                 assert hidden and "### END HIDDEN TESTS" in hidden, f"{grade_id} has no hidden tests"
-                assert re.search(r"assert .+, f?\"", visible) or re.search(r"assert .+, \\\n", visible), \
+                # explained asserts, or a check of labcode.check (whose every expectation carries its message)
+                calls_check = re.search(r"^(check_\w+)\(\)", visible, re.MULTILINE)
+                assert re.search(r"assert .+, f?\"", visible) or re.search(r"assert .+, \\\n", visible) or (
+                    calls_check and calls_check.group(1) in CHECK_NAMES), \
                     f"{grade_id}: visible asserts should explain what went wrong"
                 pending_answer = None
             else:  # manually graded written answer, with the instructor's answer
