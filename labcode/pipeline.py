@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from labcode.classes import TEST_AREAS
+from labcode.data import StanfordDataset, default_datadir
 from labcode.errors import LabError
+from labcode.infer import OnnxSegmenter, segment_image_file
+from labcode.reference import is_complete, read_scores, reference_dir, train_reference
+from labcode.scoring import evaluate_areas, format_metrics_table
+from labcode.train import fit
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +72,6 @@ def run_pipeline(
     Raises:
         LabError: ``out`` is not empty (without ``overwrite``), a test area is missing, no model was exported.
     """
-    from labcode.data import StanfordDataset
-
     say = on_step or logger.info
     started = time.perf_counter()
     out = Path(out)
@@ -126,9 +129,6 @@ def _empty_folder(out: Path, overwrite: bool) -> None:
 def _train_new(out: Path, config, areas_test: Sequence[str], progress: bool, command: str | None,
                say: Callable[[str], None]) -> dict[str, Any]:
     """Train a new run into ``out``; what the rest of the pipeline needs (or the interruption)."""
-    from labcode.data import StanfordDataset, default_datadir
-    from labcode.train import fit
-
     datadir = Path(config.datadir) if config.datadir else default_datadir()
     StanfordDataset(datadir, areas=list(areas_test))  # fails early on a missing test area
     config = dataclasses.replace(config, datadir=str(datadir), logdir=str(out.parent), run_name=out.name,
@@ -146,8 +146,6 @@ def _train_new(out: Path, config, areas_test: Sequence[str], progress: bool, com
 def _reference_model(out: Path, retrain: bool, overrides: dict[str, Any], progress: bool, command: str | None,
                      say: Callable[[str], None]) -> dict[str, Any]:
     """The course's reference model, trained first when missing, copied into ``out``."""
-    from labcode.reference import is_complete, read_scores, reference_dir, train_reference
-
     folder = reference_dir()
     if is_complete(folder) and not retrain:
         say(f"[1/4] reference model found in {folder} (--retrain trains it again)")
@@ -171,9 +169,6 @@ def _reference_model(out: Path, retrain: bool, overrides: dict[str, Any], progre
 def _test(onnx: str, datadir: Path, areas_test: Sequence[str], image: Path, out: Path, test_size: int | None,
           num_workers: int, progress: bool, say: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the exported model on the test areas (``test_metrics.json``) and segment ``image``."""
-    from labcode.infer import OnnxSegmenter, segment_image_file
-    from labcode.scoring import evaluate_areas, format_metrics_table
-
     segmenter = OnnxSegmenter(onnx)
     tested = evaluate_areas(segmenter, datadir, list(areas_test), img_size=test_size, num_workers=num_workers,
                             progress=progress)
