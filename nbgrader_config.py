@@ -18,10 +18,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the course's grader (tools/grading), below
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import GetGrades  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    OverwriteCells,
+    OverwriteKernelspec,
+)
 
 from tools.grading.feedback import SafeFeedback  # noqa: E402
 from tools.grading.kernel import autograde_preprocessors  # noqa: E402
+from tools.grading.verdicts import GraderOnly  # noqa: E402
 
 c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
 
@@ -56,9 +64,14 @@ c.ExecutePreprocessor.timeout = 300
 # A graded cell a student deleted is put back (and run) instead of silently missing.
 c.OverwriteCells.add_missing_cells = True
 # Every kernel of an autograde runs in the sandbox (tools/grading/sandbox.py), with the grading environment: the
-# third-party stack without the course library, so that a submission can only run its own labcode/ copy. Even a
-# plain `nbgrader autograde` does; `python -m tools.grading run` grades a whole class in parallel (instructors' page).
+# third-party stack without the course library, so that a submission can only run its own labcode/ copy.
+# `python -m tools.grading run` grades a whole class in parallel (instructors' page).
 c.Autograde.autograde_preprocessors = autograde_preprocessors()
+# Grading goes through the course's grader, which takes only the files a submission may hold, grades each notebook on
+# its own and lets the judge (tools/grading/verdicts.py) decide every test outside the student's kernel: a plain
+# `nbgrader autograde` (or Formgrader's button) refuses and says so.
+c.Autograde.sanitize_preprocessors = [GraderOnly, ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                      CheckCellMetadata]
 
 # --------------------------------------------------------------------------------------------------------------------
 # Feedback

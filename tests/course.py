@@ -154,12 +154,55 @@ OWN_ANSWERS = {
     present = sorted(set(mask_array.reshape(-1).tolist()))
     return dict(image_shape=image_array.shape, mask_shape=mask_array.shape, image_dtype=image_array.dtype.name,
                 mask_dtype=mask_array.dtype.name, classes=[CLASSES[int(k)] for k in present])'''},
+    "03_unet": {"answer_unet_dummy_forward": '''from labcode.unet import UNet
+
+model = UNet(num_classes=NUM_CLASSES, num_blocks=3, base_chan=4).eval()  # any width answers the question
+with torch.no_grad():
+    dummy_output = model(torch.zeros((2, 3, 96, 128)))
+print(f"output shape: {tuple(dummy_output.shape)}")'''},
     "04_metrics_losses": {
-        "answer_wall_accuracy": "wall_accuracy = REAL_CLASS_FREQUENCIES[WALL] / np.sum(REAL_CLASS_FREQUENCIES)",
+        # the share as the table gives it (the shares add up to 0.9999): 0.3367, right to the 4 decimals asked
+        "answer_wall_accuracy": "wall_accuracy = float(REAL_CLASS_FREQUENCIES[WALL])",
         "answer_wall_macro_f1": '''f = REAL_CLASS_FREQUENCIES[WALL] / REAL_CLASS_FREQUENCIES.sum()
 f1 = np.zeros(NUM_CLASSES)
 f1[WALL] = f / (f + 0.5 * (1 - f))
 wall_macro_f1 = f1.mean()''',
+    },
+    "05_training": {"answer_training_config": '''from labcode.train import TrainConfig, fit
+
+SETTINGS = {
+    "tiny": dict(model_options={"num_blocks": 3, "base_chan": 8}, img_size=64, batch_size=4, num_workers=0, epochs=2,
+                 small=True, small_batches=3, figure_items=2),
+    "cpu": dict(model_options={"num_blocks": 3, "base_chan": 16}, img_size=128, batch_size=8, num_workers=2, epochs=4,
+                small=False, channels_last=True, figure_items=4),
+    "cuda": dict(model_options={"num_blocks": 4, "base_chan": 32}, img_size=256, batch_size=16, num_workers=4,
+                 epochs=10, small=False, figure_items=4),
+}[SETTING] | {"progress": not GRADING}
+config = TrainConfig(**SETTINGS, class_weights="inverse", loss="ce", model="unet", areas_train=("3",),
+                     areas_valid=[], datadir=str(DATADIR))
+config'''},
+    "07_going_further": {
+        "answer_deeplab_forward": '''from labcode.models import build_model, count_parameters
+from labcode.deeplab import DeepLabV3Plus
+
+deeplab = DeepLabV3Plus(NUM_CLASSES, base_chan=8, aspp_chan=32, low_level_chan=8)
+deeplab.eval()
+with torch.no_grad():
+    deeplab_output = deeplab(torch.zeros(1, 3, 70, 90))
+unet = build_model("unet", NUM_CLASSES, num_blocks=3, base_chan=8)
+print(f"output {tuple(deeplab_output.shape)}; parameters: DeepLabv3+ {count_parameters(deeplab):,}, "
+      f"UNet {count_parameters(unet):,}")''',
+        "answer_loss_zoo": '''from labcode.losses import LOSSES, build_loss
+
+target = torch.randint(0, NUM_CLASSES, (2, 16, 16))
+confident = torch.zeros(2, NUM_CLASSES, 16, 16).scatter_(1, target[:, None], 20.0)
+flat = torch.ones(2, NUM_CLASSES, 16, 16)  # equal logits: every class equally likely
+perfect_losses, uniform_losses = {}, {}
+for name in LOSSES:
+    loss = build_loss(name)
+    perfect_losses[name], uniform_losses[name] = loss(confident, target).item(), loss(flat, target).item()
+for name in LOSSES:
+    print(f"{name:>8}: perfect {perfect_losses[name]:.4f}, uniform {uniform_losses[name]:.4f}")''',
     },
 }
 

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from labcode.check import CHECKS
+from tools.grading.judge import JUDGES
 
 CHECK_NAMES = {check.run.__name__ for check in CHECKS}
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +114,9 @@ def test_grade_ids_are_unique_and_cells_are_well_formed():
             elif info.get("grade") and not info.get("solution"):  # test cell
                 assert cell.cell_type == "code" and grade_id.startswith("test_") and info["locked"], grade_id
                 assert info["points"] > 0, grade_id
-                visible, _, hidden = cell.source.partition("### BEGIN HIDDEN TESTS")
-                assert hidden and "### END HIDDEN TESTS" in hidden, f"{grade_id} has no hidden tests"
+                # the hidden tests are the grader's judge (tools/grading/judge.py), never in a notebook
+                assert "HIDDEN TESTS" not in cell.source and grade_id in JUDGES, f"{grade_id} has no judge"
+                visible = cell.source
                 # explained asserts, or a check of labcode.check (whose every expectation carries its message)
                 calls_check = re.search(r"^(check_\w+)\(\)", visible, re.MULTILINE)
                 assert re.search(r"assert .+, f?\"", visible) or re.search(r"assert .+, \\\n", visible) or (

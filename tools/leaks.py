@@ -4,7 +4,8 @@ The secrets are the lines of the instructor sources that the student material le
 
 - in ``solutions/segmentation/*.ipynb``: the ``### BEGIN/END SOLUTION`` regions, the ``### BEGIN/END HIDDEN TESTS``
   regions, and the instructor answers (markdown cells marked as solutions);
-- in ``labcode/``: the ``# BEGIN SOLUTION`` / ``# END SOLUTION`` exercise regions (see ``tools/release.py``).
+- in ``labcode/``: the ``# BEGIN SOLUTION`` / ``# END SOLUTION`` exercise regions (see ``tools/release.py``);
+- the hidden tests, which live in the grader's judge (``tools/grading/judge.py``): its code lines.
 
 Lines that say nothing on their own (short, punctuation) and lines that also appear in the public text of the
 sources (a ``with torch.no_grad():``) are not secrets. Markdown lines count also as rendered (without backticks,
@@ -57,6 +58,26 @@ def split_notebook_regions(source: str) -> tuple[list[str], list[str]]:
     return inside, outside
 
 
+#: Where the hidden tests live (the grader's judge): none of its code may reach students or readers.
+JUDGE_SOURCES = ("tools/grading/judge.py",)
+#: What runs in the submission's kernel while it is graded (the probes, with the tests' inputs): not secret.
+PUBLIC_SOURCES = ("tools/grading/probe.py",)
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines of a Python source that hold code: without comments and docstrings."""
+    import ast
+
+    documented = set()
+    for node in ast.walk(ast.parse(text)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            documented |= set(range(body[0].lineno, body[0].end_lineno + 1))
+    return [line for n, line in enumerate(text.splitlines(), start=1)
+            if n not in documented and not line.strip().startswith("#")]
+
+
 def secret_lines(repo: Path = REPO) -> dict[str, set[str]]:
     """The secret lines of the instructor sources, by source file (relative to ``repo``)."""
     from nbformat import read
@@ -85,6 +106,13 @@ def secret_lines(repo: Path = REPO) -> dict[str, set[str]]:
                                                if n in inside_numbers and meaningful(line)
                                                and not line.strip().startswith("#")}
         public.append(squash("\n".join(line for n, line in enumerate(lines, start=1) if n not in inside_numbers)))
+    for path in PUBLIC_SOURCES:  # what the submission may see: the probes and the tests' inputs
+        if (repo / path).is_file():
+            public.append(squash((repo / path).read_text(encoding="utf-8")))
+    for path in JUDGE_SOURCES:  # the hidden tests: the judge's code (its docstrings and comments describe it)
+        if (repo / path).is_file():
+            secret[path] = {squash(line) for line in code_lines((repo / path).read_text(encoding="utf-8"))
+                            if meaningful(line)}
     public_text = "\n".join(public)  # a secret line found anywhere in there (even re-wrapped) is public after all
     return {source: {line for line in lines if line not in public_text} for source, lines in secret.items()}
 

@@ -3,13 +3,15 @@
 The worker is trusted code (the instructor's nbgrader); only the notebook kernels it starts run the submission, in
 the sandbox. It
 
-1. copies the course's gradebook and the submission into a scratch course folder of its own, so that any number of
-   workers run at once without sharing a SQLite file (the parent merges the results, one submission at a time);
-2. drops what a submission must not bring: links (they could point at the instructor's files) and anything that is
-   not a plain file or folder, then puts back the release's version of every library file that has no exercise,
-   so that only the code the student had to write is the student's;
-3. runs ``nbgrader autograde`` there, each notebook in a sandboxed kernel (:mod:`tools.grading.kernel`);
-4. writes ``result.json``: per-notebook scores, duration, status.
+1. copies the course's gradebook into a scratch course folder of its own, so that any number of workers run at once
+   without sharing a SQLite file (the parent merges the results, one submission at a time);
+2. takes from the submission only what it may hold (:mod:`tools.grading.intake`: the notebooks, the exercise files
+   of ``labcode/``, the model and the photos; every other library file is the release's) and repairs notebooks whose
+   graded cells were copied;
+3. runs ``nbgrader autograde`` on each notebook on its own, each in a sandboxed kernel (:mod:`tools.grading.kernel`),
+   where the verdicts are decided outside the kernel by the judge (:mod:`tools.grading.verdicts`); a notebook that
+   cannot be graded costs only itself;
+4. writes ``result.json``: per-notebook statuses and scores, problems, duration.
 
 Run as ``python -m tools.grading worker JOB.json`` (by the parallel grader or a slurm array task).
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from tools.grading import sandbox
 from tools.grading.course import Course, copy_database, tools_on_path
+from tools.grading.intake import read_timestamp, take_submission
 
 #: Marks, in the release's library, the lines where students write code (see ``tools/release.py``).
 EXERCISE_MARK = "# EXERCISE "
@@ -137,6 +140,7 @@ def scores(db_path: Path, course_id: str, assignment: str, student: str) -> dict
         for notebook in submission.notebooks:
             auto = [g for g in notebook.grades if g.cell.cell_type == "code"]
             out[notebook.name] = {
+                "status": "graded",
                 "auto_score": sum(g.auto_score or 0 for g in auto),
                 "auto_max": sum(g.max_score for g in auto),
                 "manual_max": sum(g.max_score for g in notebook.grades if g.cell.cell_type != "code"),
@@ -145,45 +149,138 @@ def scores(db_path: Path, course_id: str, assignment: str, student: str) -> dict
     return out
 
 
-def grade(job: Job) -> dict:
-    """Grade ``job``'s submission; return (and write to ``<scratch>/result.json``) what happened."""
+def zero_notebook(db_path: Path, course_id: str, assignment: str, student: str, notebook: str) -> None:
+    """Record 0 on every autograded test of one notebook (it could not be graded)."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{db_path}", course_id) as gradebook:
+        gradebook.update_or_create_submission(assignment, student)
+        for grade in gradebook.find_submission_notebook(notebook, assignment, student).grades:
+            if grade.cell.cell_type == "code":
+                grade.auto_score = 0
+                grade.needs_manual_grade = grade.manual_score is not None
+        gradebook.db.commit()
+
+
+def repair_notebook(path: Path) -> list[str]:
+    """Make a notebook with copied nbgrader cells gradable; return what was done (nothing for a clean notebook).
+
+    Copying a cell in Jupyter copies its nbgrader metadata (nbgrader's issue 1083), and nbgrader then fails on the
+    whole notebook. The last copy of each graded or answer cell keeps the metadata (the one nbgrader would keep);
+    the earlier copies become ordinary cells: they still run and are shown, and nothing is lost.
+    """
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - reported by readable_notebook
+        return []
+    seen, notes = set(), []
+    for cell in reversed(nb.cells):
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id is None:
+            continue
+        if grade_id in seen:
+            del cell.metadata["nbgrader"]
+            notes.append(f"{path.stem}: the cell {grade_id} appears more than once; the last copy was graded")
+        seen.add(grade_id)
+    if notes:
+        nbformat.write(nb, path)
+    return notes
+
+
+def readable_notebook(path: Path) -> str:
+    """Why a submitted notebook cannot be graded ("" when it can): unreadable JSON or not a notebook."""
+    import nbformat
+
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - any parse failure is the submission's
+        return f"unreadable notebook ({type(err).__name__}: {str(err)[:200]}): open it in Jupyter, fix or " \
+               "re-fetch it, and submit again"
+    return ""
+
+
+def grade_notebook(work: Course, job: Job, stem: str, db: Path, log: Path) -> str:
+    """Autograde one notebook of the submission in ``work``; return the problem ("" when it was graded)."""
     from tools.grading.kernel import SandboxKernelManager, autograde_preprocessors
+
+    SandboxKernelManager.spec = sandbox_spec(job)
+    api = work.api(**{"CourseDirectory.db_url": f"sqlite:///{db}",
+                      "CourseDirectory.notebook_id": stem,
+                      "Autograde.autograde_preprocessors": autograde_preprocessors(),
+                      "JudgeVerdicts.datadir": job.datadir,
+                      "GraderOnly.worker": True,
+                      "Execute.timeout": job.cell_timeout,
+                      "Execute.interrupt_on_timeout": True,
+                      "ExecutePreprocessor.timeout": job.cell_timeout})
+    with tools_on_path():
+        outcome = api.autograde(work.assignment, job.student, force=True, create=True)
+    with log.open("a") as handle:
+        handle.write(f"===== {stem}\n{outcome.get('log', '')}\n{outcome.get('error', '') or ''}\n")
+    if outcome["success"]:
+        return ""
+    error = str(outcome.get("error") or "").strip().splitlines()
+    return f"nbgrader could not grade it ({error[-1][:200] if error else 'see nbgrader.log'})"
+
+
+def sandbox_spec(job: Job) -> sandbox.SandboxSpec:
+    """The sandbox of the job's kernels."""
+    return sandbox.SandboxSpec(
+        python=Path(job.python), datadir=Path(job.datadir), slot=job.slot, limits=sandbox.Limits(**job.limits),
+        isolated=job.isolated, env={"OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
+                                    "LABCODE_NUM_THREADS": str(job.threads)})
+
+
+def grade(job: Job) -> dict:
+    """Grade ``job``'s submission, each notebook on its own; return (and write to ``<scratch>/result.json``) the result.
+
+    A notebook that cannot be graded (unreadable, or nbgrader fails on it) scores 0 and is listed in
+    ``result["problems"]`` with what to fix; the other notebooks are graded as usual.
+    """
+    import fnmatch
 
     started = time.time()
     course = Course(Path(job.course))
     scratch = Path(job.scratch)
     work = Course(scratch / "course", course.assignment)
-    result: dict = {"student": job.student, "status": "error", "notebooks": {}, "skipped": [], "restored": []}
+    result: dict = {"student": job.student, "status": "error", "notebooks": {}, "problems": [], "notes": [],
+                    "skipped": [], "restored": []}
     try:
         if (scratch / "course").exists():
             shutil.rmtree(scratch / "course")
+        stems = sorted(p.stem for p in course.folder("release").glob("*.ipynb")
+                       if fnmatch.fnmatch(p.stem, job.notebooks) or fnmatch.fnmatch(p.name, job.notebooks))
         submitted = work.folder("submitted", job.student)
-        result["skipped"] = copy_plain_files(course.folder("submitted", job.student), submitted)
-        result["restored"] = restore_library(submitted, course.folder("release"))
+        source = course.folder("submitted", job.student)
+        report = take_submission(source, submitted, course.folder("release"), timestamp=read_timestamp(source))
+        result["skipped"], result["restored"] = report.skipped, report.restored
+        result["notes"] = [note for stem in stems for note in repair_notebook(submitted / f"{stem}.ipynb")]
         (work.root / "nbgrader_config.py").write_text(
             "c = get_config()\n"
             f"load_subconfig({str(course.root / 'nbgrader_config.py')!r})\n"
             f"c.CourseDirectory.root = {str(work.root)!r}\n")
         db = work.root / "gradebook.db"
         copy_database(course.db_path, db)
-
-        SandboxKernelManager.spec = sandbox.SandboxSpec(
-            python=Path(job.python), datadir=Path(job.datadir), slot=job.slot,
-            limits=sandbox.Limits(**job.limits), isolated=job.isolated,
-            env={"OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
-                 "LABCODE_NUM_THREADS": str(job.threads)})
-        api = work.api(**{"CourseDirectory.db_url": f"sqlite:///{db}",
-                          "CourseDirectory.notebook_id": job.notebooks,
-                          "Autograde.autograde_preprocessors": autograde_preprocessors(),
-                          "Execute.timeout": job.cell_timeout,
-                          "Execute.interrupt_on_timeout": True,
-                          "ExecutePreprocessor.timeout": job.cell_timeout})
-        with tools_on_path():
-            outcome = api.autograde(course.assignment, job.student, force=True, create=True)
-        (scratch / "nbgrader.log").write_text(outcome.get("log", "") + "\n" + str(outcome.get("error", "")))
-        if not outcome["success"]:
-            raise RuntimeError(f"nbgrader autograde failed; see {scratch / 'nbgrader.log'}")
-        result["notebooks"] = scores(db, work.course_id, course.assignment, job.student)
+        log = scratch / "nbgrader.log"
+        log.write_text("")
+        problems = {}
+        for stem in stems:
+            path = submitted / f"{stem}.ipynb"
+            problem = readable_notebook(path) if path.is_file() else "missing from the submission"
+            if problem and path.is_file():
+                path.unlink()  # nbgrader then records the notebook as missing: 0 on its tests
+            if not problem:
+                problem = grade_notebook(work, job, stem, db, log)
+            if problem:
+                problems[stem] = problem
+        for stem in problems:
+            zero_notebook(db, work.course_id, course.assignment, job.student, stem)
+        graded = scores(db, work.course_id, course.assignment, job.student)
+        for stem, problem in problems.items():
+            graded[stem].update(status="missing" if problem.startswith("missing") else "error", reason=problem)
+            result["problems"].append(f"{stem}: {problem}")
+        result["notebooks"] = {stem: graded[stem] for stem in stems if stem in graded}
         if job.hidden:
             result["model"] = grade_model(job, submitted)
         result["status"] = "graded"
