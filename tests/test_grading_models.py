@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from onnx import TensorProto, helper
 from labcode.classes import NUM_CLASSES
 from labcode.export import export_onnx
 from labcode.unet import UNet
-from tests.course import GRADING_PYTHON, require_sandbox
+from tests.course import GRADING_PYTHON, REPO, require_sandbox
 from tools.grading import sandbox
 from tools.grading.models import (
     ModelGrading,
@@ -124,6 +126,74 @@ def test_a_model_that_cannot_be_scored_gets_a_reason(hidden, spec, tmp_path, cas
     score = score_model(path, hidden["packed"], settings(time_limit=8), spec, NUM_CLASSES)
     assert score.status == "refused" and score.confusion is None
     assert expected.lower() in score.reason.lower(), score.reason
+
+
+def external_data_model(path: Path, location: str, *, in_constant: bool = False) -> Path:
+    """A 1x1 convolution whose weights are "stored" in the file ``location``: the way a model reads a file as data."""
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[NUM_CLASSES, 3, 1, 1],
+                              data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(NUM_CLASSES * 3 * 4))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    if in_constant:  # hidden in a node's attribute rather than among the initializers
+        nodes = [helper.make_node("Constant", [], ["w"], value=weight), helper.make_node("Conv", ["image", "w"],
+                                                                                         ["logits"])]
+        return graph_model(path, nodes, [logits])
+    return graph_model(path, [helper.make_node("Conv", ["image", "w"], ["logits"])], [logits], [weight])
+
+
+@pytest.mark.parametrize("location, in_constant", [
+    ("hidden.npz", False),  # beside the model
+    ("../srv/hidden.npz", False),  # up and into a neighbouring folder
+    ("/srv/hidden.npz", False),  # absolute
+    ("../../proc/self/fd/0", True),  # the scorer's own input, from a node attribute
+])
+def test_a_model_reading_files_as_weights_is_refused(hidden, spec, tmp_path, location, in_constant):
+    path = external_data_model(tmp_path / "my_model.onnx", location, in_constant=in_constant)
+    (tmp_path / "hidden.npz").write_bytes(Path(hidden["packed"]).read_bytes())  # what the attack hoped to find
+    score = score_model(path, hidden["packed"], settings(), spec, NUM_CLASSES)
+    assert score.status == "refused" and score.confusion is None
+    assert "export with external_data=False" in score.reason, score.reason
+
+
+def test_the_model_gets_its_bytes_and_the_images_and_nothing_else(hidden, spec, tmp_path, monkeypatch):
+    """What reaches the sandbox: no bind, no file, an input without masks; the folders a model could name are empty."""
+    calls = []
+    real_run = sandbox.run
+
+    def spy(spec_, argv, **kwargs):
+        calls.append((argv, kwargs))
+        return real_run(spec_, argv, **kwargs)
+
+    monkeypatch.setattr(sandbox, "run", spy)
+    model = overfit_model(hidden, tmp_path / "my_model.onnx", steps=0)
+    assert score_model(model, hidden["packed"], settings(), spec, NUM_CLASSES).status == "scored"
+    (argv, kwargs), = calls
+    assert not kwargs.get("binds") and kwargs.get("cwd", sandbox.HOME) == sandbox.HOME
+    assert not [arg for arg in argv for host in (REPO, hidden["out"], tmp_path) if str(host) in arg]  # no host path
+    payload = np.load(io.BytesIO(kwargs["input"]), allow_pickle=False)
+    assert sorted(payload.files) == ["images", "model"]
+    assert payload["model"].tobytes() == model.read_bytes()
+    assert np.array_equal(payload["images"], np.load(hidden["packed"])["images"])
+    listing = real_run(spec, ["sh", "-c", "ls -A . /tmp; test -e /srv && echo /srv exists; echo end"], timeout=60)
+    assert listing.stdout.split() == [".:", "/tmp:", "end"], listing.stdout + listing.stderr  # empty; no /srv
+
+
+def test_predictions_are_counted_outside_against_the_masks(hidden, spec, tmp_path):
+    """The confusion matrix is the grader's count of the returned labels: a constant model fills one column."""
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [NUM_CLASSES], [0.0] * 12 + [10.0, 0.0])  # always class 12
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [NUM_CLASSES, 3, 1, 1], np.zeros(NUM_CLASSES * 3))
+    path = graph_model(tmp_path / "my_model.onnx", [helper.make_node("Conv", ["image", "w", "b"], ["logits"])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [weight, bias])
+    score = score_model(path, hidden["packed"], settings(), spec, NUM_CLASSES)
+    assert score.status == "scored", score.reason
+    masks = np.load(hidden["packed"])["masks"]
+    expected = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
+    expected[:, 12] = np.bincount(masks.reshape(-1), minlength=NUM_CLASSES)
+    assert np.array_equal(np.array(score.confusion), expected)
+    shared = np.frombuffer(base64.b64decode(score.shareable["0"]), dtype=np.uint8)
+    assert shared.size == SIDE * SIDE and set(shared.tolist()) == {12}
 
 
 def test_reports_show_the_students_scores_and_hidden_images_only_when_shared(hidden, tmp_path):

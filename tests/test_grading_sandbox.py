@@ -12,7 +12,6 @@ import pytest
 
 from tests.course import GRADING_PYTHON, REPO, require_sandbox
 from tools.grading import sandbox
-from tools.grading.worker import copy_plain_files, exercise_files, restore_library
 
 
 @pytest.fixture
@@ -124,34 +123,6 @@ def test_probe_explains_a_missing_bubblewrap(monkeypatch):
 # What a submission may bring into grading
 # --------------------------------------------------------------------------------------------------------------------
 
-def test_links_and_special_files_are_left_out_of_a_submission(tmp_path):
-    source = tmp_path / "submission"
-    (source / "labcode").mkdir(parents=True)
-    (source / "labcode" / "unet.py").write_text("mine")
-    (source / "labcode" / "stats.py").symlink_to(REPO / "labcode" / "stats.py")  # the instructor's solution
-    (source / "link-dir").symlink_to(REPO)
-    os.mkfifo(source / "fifo")
-    skipped = copy_plain_files(source, tmp_path / "copy")
-    assert sorted(Path(p).name for p in skipped) == ["fifo", "link-dir", "stats.py"]
-    assert (tmp_path / "copy" / "labcode" / "unet.py").read_text() == "mine"
-    assert not (tmp_path / "copy" / "labcode" / "stats.py").exists()
-
-
-def test_library_files_without_exercises_are_the_releases(tmp_path):
-    release = REPO / "notebooks" / "segmentation"
-    assert exercise_files(release / "labcode") == {"unet.py", "transforms.py", "stats.py"}
-    submission = tmp_path / "sub"
-    (submission / "labcode").mkdir(parents=True)
-    (submission / "labcode" / "metrics.py").write_text("def macro_f1(*a):\n    return 1.0\n")
-    (submission / "labcode" / "unet.py").write_text("# mine\n")
-    (submission / "labcode" / "helpers.py").write_text("# my own module\n")
-    replaced = restore_library(submission, release)
-    assert "metrics.py" in replaced and "unet.py" not in replaced
-    assert (submission / "labcode" / "metrics.py").read_bytes() == (release / "labcode" / "metrics.py").read_bytes()
-    assert (submission / "labcode" / "unet.py").read_text() == "# mine\n"
-    assert (submission / "labcode" / "helpers.py").read_text() == "# my own module\n"
-
-
 def test_grading_kernels_know_they_are_graded(spec, monkeypatch):
     # nbgrader sets NBGRADER_EXECUTION while it grades; the notebooks choose their small settings by it, so the
     # sandbox's otherwise empty environment must carry it, and only it, of the grader's environment.
@@ -167,3 +138,141 @@ def test_grading_kernels_know_they_are_graded(spec, monkeypatch):
     assert ("NBGRADER_EXECUTION", "autograde") in pairs
     assert not [name for name, _ in pairs if "SECRET" in name]
     manager._limits_context.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Settings passed explicitly, slots, the kernel's own sandbox
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_sandbox_settings_travel_as_json_and_a_wrong_setting_is_named(tmp_path):
+    spec = sandbox.SandboxSpec(python=tmp_path / "bin" / "python", datadir=tmp_path / "data", slot=4,
+                               limits=sandbox.Limits(memory_bytes=3 * sandbox.GIB, processes=99),
+                               env={"OMP_NUM_THREADS": "2"}, isolated=False)
+    assert sandbox.spec_from_json(sandbox.spec_to_json(spec)) == spec
+    assert sandbox.spec_from_json('{"python": "/x/python"}') == sandbox.SandboxSpec(python=Path("/x/python"))
+    with pytest.raises(sandbox.SandboxError, match="unknown sandbox settings: limits.memory, sloth"):
+        sandbox.spec_from_json('{"python": "/x/python", "sloth": 1, "limits": {"memory": 5}}')
+    with pytest.raises(sandbox.SandboxError, match="not JSON"):
+        sandbox.spec_from_json("python=/x")
+
+
+def test_the_kernel_manager_takes_its_sandbox_from_the_notebook_clients_configuration(spec):
+    import nbformat
+    from nbclient import NotebookClient
+    from traitlets.config import Config
+
+    from tools.grading.kernel import SandboxKernelManager
+
+    config = Config({"SandboxKernelManager": {"sandbox": sandbox.spec_to_json(spec)}})
+    client = NotebookClient(nbformat.v4.new_notebook(), kernel_manager_class=SandboxKernelManager, config=config)
+    manager = client.create_kernel_manager()
+    assert manager.spec == spec and SandboxKernelManager.spec is None  # nothing process-wide
+    assert not manager._runtime.exists()  # made when a kernel starts
+
+
+def user_processes(uid: int) -> int:
+    return len(sandbox._user_processes(uid))
+
+
+def test_slots_are_exclusive_across_processes_and_a_fork_bomb_starves_only_its_own(spec):
+    if os.geteuid() != 0:
+        pytest.skip("sandbox users (and their slots) exist only when the grader runs as root")
+    first = sandbox.acquire_slot(spec)
+    second = sandbox.acquire_slot(spec)  # a second grading preferring the same slot
+    assert first.spec.slot == spec.slot and second.spec.slot != spec.slot and second.spec.uid != first.spec.uid
+    second.release()
+    first.release()
+    bomb_uid = sandbox.BASE_UID + spec.slot
+    bomb_code = ("import subprocess, time\nprocs = []\ntry:\n    while True:\n"
+                 "        procs.append(subprocess.Popen(['sleep', '60']))\nexcept OSError:\n    time.sleep(60)")
+    grader = f"""
+from tools.grading import sandbox
+spec = sandbox.spec_from_json({sandbox.spec_to_json(spec)!r})
+sandbox.run(spec, [spec.python_inside, "-c", {bomb_code!r}], timeout=40)
+"""
+    bomb = subprocess.Popen([sys.executable, "-c", grader], cwd=REPO)  # another grading, in a process of its own
+    try:
+        for _ in range(200):  # until the bomb has used up its user's processes
+            if user_processes(bomb_uid) >= spec.limits.processes - 8:
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert user_processes(bomb_uid) >= spec.limits.processes - 8
+        done = run_python(spec, "import os, subprocess; subprocess.run(['true'], check=True); print(os.getuid())")
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout) != bomb_uid
+    finally:
+        bomb.kill()
+        bomb.wait()
+    lease = sandbox.acquire_slot(spec)  # the bomb's grader is gone: its slot is free again, and emptied
+    try:
+        assert lease.spec.slot == spec.slot and user_processes(bomb_uid) == 0
+    finally:
+        lease.release()
+
+
+def test_a_sandboxed_kernel_sees_no_host_path_of_the_course_and_cannot_fill_its_socket_folder(spec, tmp_path,
+                                                                                             capfd):
+    import nbformat
+    from nbclient import NotebookClient
+    from traitlets.config import Config
+
+    from tools.grading.kernel import SandboxKernelManager
+
+    course = tmp_path / "course" / "submitted" / "alice"
+    course.mkdir(parents=True)
+    (course / "notes.txt").write_text("mine")
+    (course / "link").symlink_to(REPO)
+    cells = [
+        "import os, glob; print(sorted(os.listdir('.')), open('notes.txt').read(), os.getuid())",
+        "sockets = glob.glob('/tmp/lg-*')[0]\ntry:\n    open(sockets + '/fill', 'wb').write(b'x' * 100_000_000)\n"
+        "    print('wrote')\nexcept OSError as err:\n    print('refused', err.errno)",
+        "print(open('/proc/self/mountinfo').read())",
+        "print(open('/proc/1/cmdline').read().replace(chr(0), ' '))",
+        "print(os.path.exists('/root'), sorted(os.listdir('/home')), sorted(os.listdir('/opt/grading-env')))",
+        "for fd in (1, 2):\n    os.write(fd, b'flood' * 200_000)  # 1 MB each on the kernel's own descriptors",
+        "print(6 * 7)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    config = Config({"SandboxKernelManager": {"sandbox": sandbox.spec_to_json(spec)}})
+    client = NotebookClient(nb, kernel_manager_class=SandboxKernelManager, config=config, timeout=120,
+                            resources={"metadata": {"path": str(course)}})
+    during: list[subprocess.CompletedProcess] = []
+
+    runtime: list[Path] = []
+
+    def alongside(cell, cell_index, execute_reply) -> None:
+        if cell_index == 0:  # while the kernel runs: another sandbox preferring the same slot
+            during.append(run_python(spec, "import os; print(os.getuid())"))
+            runtime.append(client.km._runtime)
+
+    client.on_cell_executed = alongside
+    stale = Path(f"/tmp/lg-stale-{os.getpid()}")  # the socket folder of a grader killed before its cleanup
+    if os.geteuid() == 0:
+        from tools.grading.kernel import _mount_tmpfs
+
+        stale.mkdir()
+        _mount_tmpfs(stale, 1 << 20, sandbox.BASE_UID + spec.slot)
+    client.execute()
+    out = ["".join(o.get("text", "") for o in cell.outputs) for cell in nb.cells]
+    listing, notes, uid = out[0].rsplit(" ", 2)
+    assert listing == "['notes.txt']" and notes == "mine"  # the plain files only, copied in
+    assert out[1].strip() == "refused 28"  # ENOSPC: the socket folder is a small tmpfs
+    if os.geteuid() == 0:
+        assert int(during[0].stdout) != int(uid)
+        if int(uid) == sandbox.BASE_UID + spec.slot:  # the kernel had the slot: its stale folder is gone
+            assert not stale.exists() and str(stale) not in Path("/proc/self/mountinfo").read_text()
+    for text in out[2:4]:
+        assert str(tmp_path / "course") not in text and "/srv" not in text
+    assert str(REPO) not in out[3] and "/root" not in out[3]  # bubblewrap's own command line names no host path
+    sources = {line.split()[3] for line in out[2].splitlines() if " - ext" in line or " - xfs" in line}
+    # what the mount table still names of the host: the system folders and files, the grading environment's
+    # packages, its Python installation, the pyvenv.cfg written for it, the data set
+    named = {s for s in sources if not s.startswith(("/usr", "/etc", "/sys"))}
+    assert named <= {str(GRADING_PYTHON.parent.parent / "lib"), str(Path(os.path.realpath(GRADING_PYTHON)).parents[1]),
+                     str(spec.datadir.resolve()), *(str(p) for p in (sandbox.state_dir() / "staged").iterdir())}, named
+    assert out[4].strip() == "False ['student'] ['bin', 'lib', 'lib64', 'pyvenv.cfg']"
+    assert out[6].strip() == "42"  # grading goes on
+    relayed = capfd.readouterr().err  # the kernel's own stdout and stderr reach the grader's stderr, cut
+    assert relayed.count("flood") * 5 <= SandboxKernelManager.MAX_KERNEL_OUTPUT
+    assert f"[kernel output cut at {SandboxKernelManager.MAX_KERNEL_OUTPUT} bytes]" in relayed
+    assert not runtime[0].exists() and str(runtime[0]) not in Path("/proc/self/mountinfo").read_text()

@@ -7,14 +7,14 @@ distribution or the site). With the real data set, a folder of held-out images i
 PATH``) plays that part.
 
 For each submission, the worker (:mod:`tools.grading.worker`) runs :mod:`tools.grading.score_model` in the sandbox
-on the packed hidden set (bound read-only; the scorer sees arrays, never the data set's files), with a time and a
-memory limit. From the confusion matrix the trusted side computes the macro F1, the mIoU and the per-class F1, and
-turns the macro F1 into points by the bands of the course configuration (``c.ModelGrading`` in
-``nbgrader_config.py``). The points become the manual score of the model's graded cell of notebook 5, so totals,
-feedback and the CSV export include them; a missing, unreadable, wrong-class-count, too slow or too greedy model
-gets 0 and the reason. The feedback of notebook 5 then shows the student's per-class F1 against the class median,
-their confusion matrix and their predictions on the hidden images the instructor marked shareable; a leaderboard
-page ranks the class.
+with a time and a memory limit: it receives the model's bytes and the hidden images (never the masks, never a file)
+and returns the labels the model predicts. The trusted side counts them against the masks into the confusion matrix,
+computes from it the macro F1, the mIoU and the per-class F1, and turns the macro F1 into points by the bands of the
+course configuration (``c.ModelGrading`` in ``nbgrader_config.py``). The points become the manual score of the
+model's graded cell of notebook 5, so totals, feedback and the CSV export include them; a missing, unreadable,
+external-data, wrong-class-count, too slow or too greedy model gets 0 and the reason. The feedback of notebook 5 then
+shows the student's per-class F1 against the class median, their confusion matrix and their predictions on the hidden
+images the instructor marked shareable; a leaderboard page ranks the class.
 """
 
 from __future__ import annotations
@@ -160,35 +160,78 @@ class ModelScore:
 
 def score_model(model: Path, packed: Path, settings: ModelGrading, spec: sandbox.SandboxSpec,
                 num_classes: int) -> ModelScore:
-    """Evaluate ``model`` on the packed hidden set in the sandbox ``spec``, within the time and memory limits."""
+    """Evaluate ``model`` on the packed hidden set: it predicts in the sandbox ``spec``, the grader scores here.
+
+    The sandbox receives the model's bytes and the hidden images on its standard input, nothing else
+    (:mod:`tools.grading.score_model`); it returns the predicted labels, from which this function computes the
+    confusion matrix against the masks, which stay here. A model with external data is refused; one that runs past
+    the time limit or beyond the memory limit is stopped.
+
+    Args:
+        model: the submitted ONNX file.
+        packed: the packed hidden set (:func:`pack_hidden_set`): images, masks and the shareable indexes.
+        settings: the course's model grading settings (time and memory limits, largest model).
+        spec: the sandbox to predict in.
+        num_classes: the classes the model must score.
+
+    Returns:
+        The score: ``"scored"`` with the confusion matrix and the predictions on the shareable images, or
+        ``"refused"`` with the reason.
+    """
     if not model.is_file():
         return ModelScore("refused", f"no {settings.model_file} in the submission: end notebook 5 by exporting it")
     size_mb = model.stat().st_size / 2**20
     if size_mb > settings.max_model_mb:
         return ModelScore("refused", f"{settings.model_file} is {size_mb:.0f} MB, over the limit of "
                                      f"{settings.max_model_mb:.0f} MB", model_mb=size_mb)
-    scorer = Path(__file__).with_name("score_model.py")
-    binds = [(model, "/srv/model.onnx", False), (packed, "/srv/hidden.npz", False), (scorer, "/srv/score_model.py",
-                                                                                   False)]
-    threads = spec.env.get("OMP_NUM_THREADS", "1")
-    argv = [spec.python_inside, "/srv/score_model.py", "/srv/model.onnx", "/srv/hidden.npz", str(num_classes),
-            "--threads", threads]
-    done = sandbox.run(spec, argv, binds=binds, timeout=settings.time_limit, name="model")
-    if done.stderr.endswith(sandbox.TIMED_OUT):
+    hidden = np.load(packed, allow_pickle=False)
+    images, masks = hidden["images"], hidden["masks"]
+    payload = io.BytesIO()
+    np.savez(payload, model=np.frombuffer(model.read_bytes(), dtype=np.uint8), images=images)
+    scorer = Path(__file__).with_name("score_model.py").read_text()
+    argv = [spec.python_inside, "-I", "-c", scorer, str(num_classes),
+            "--threads", spec.env.get("OMP_NUM_THREADS", "1")]
+    answer_bytes = masks.size + (1 << 20)  # the labels (one byte a pixel), the header and the .npy preamble
+    done = sandbox.run(spec, argv, timeout=settings.time_limit, name="model", input=payload.getvalue(), text=False,
+                       max_output=answer_bytes)
+    del payload
+    stderr = done.stderr.decode(errors="replace")
+    if stderr.endswith(sandbox.TIMED_OUT):
         return ModelScore("refused", f"the model did not finish the hidden set within {settings.time_limit} s",
                           model_mb=size_mb)
+    if stderr.endswith(sandbox.TOO_MUCH_OUTPUT):
+        return ModelScore("refused", "the evaluation wrote more than its predictions", model_mb=size_mb)
+    header, _, rest = done.stdout.partition(b"\n")
     try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        killed = done.returncode < 0 or "MemoryError" in done.stderr or "bad_alloc" in done.stderr
+        answer = json.loads(header)
+        ok = bool(answer["ok"])
+    except (ValueError, KeyError, TypeError):
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        killed = done.returncode < 0 or "MemoryError" in stderr or "bad_alloc" in stderr
         reason = (f"the evaluation stopped at the memory limit of {settings.memory_gb:g} GB" if killed
                   else f"the evaluation failed: {last[:200]}")
         return ModelScore("refused", reason, model_mb=size_mb)
-    if not answer["ok"]:
-        return ModelScore("refused", answer["reason"], model_mb=size_mb)
-    return ModelScore("scored", confusion=answer["confusion"], shareable=answer["shareable"], model_mb=size_mb,
-                      seconds=answer["seconds"])
+    if not ok:
+        return ModelScore("refused", str(answer.get("reason", "no reason given"))[:500], model_mb=size_mb)
+    try:
+        predicted = np.load(io.BytesIO(rest), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        return ModelScore("refused", f"the evaluation returned no readable predictions: {err}", model_mb=size_mb)
+    in_range = predicted.dtype == np.uint8 and (predicted.size == 0 or int(predicted.max()) < num_classes)
+    if not in_range or predicted.shape != masks.shape:
+        return ModelScore("refused", f"the evaluation returned predictions of shape {list(predicted.shape)} and type "
+                                     f"{predicted.dtype}, not {list(masks.shape)} labels below {num_classes}",
+                          model_mb=size_mb)
+    confusion = confusion_matrix(masks, predicted, num_classes)
+    shareable = {str(int(i)): base64.b64encode(predicted[int(i)].tobytes()).decode() for i in hidden["shareable"]}
+    seconds = float(answer.get("seconds", 0.0)) if isinstance(answer.get("seconds"), (int, float)) else 0.0
+    return ModelScore("scored", confusion=confusion.tolist(), shareable=shareable, model_mb=size_mb, seconds=seconds)
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """``num_classes x num_classes`` pixel counts: rows the true class, columns the predicted one."""
+    pairs = truth.reshape(-1).astype(np.int64) * num_classes + predicted.reshape(-1).astype(np.int64)
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 # --------------------------------------------------------------------------------------------------------------------
