@@ -4,11 +4,17 @@ Each worker (:mod:`tools.grading.worker`) grades one submission in a scratch cou
 them, enforces the wall-time limit of each, and merges every result into the course gradebook as soon as it
 arrives (:mod:`tools.grading.merge`), so the gradebook always has a single writer. Worker ``i`` of the pool uses
 sandbox slot ``i``: at most one submission runs under each sandbox user at a time.
+
+Nothing one submission does stops the others: a worker that crashes, runs out of time or leaves a result that cannot
+be merged is recorded with its status and reason, its traceback goes to the grader's log (``grader.log``, set up by
+the CLI), and the final table (:func:`attention_rows`) names its log files and the command that re-grades it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 from tools.grading import sandbox
 from tools.grading.course import Course
@@ -25,6 +32,11 @@ from tools.grading.models import ModelGrading, record_points
 from tools.grading.worker import Job
 
 REPO = Path(__file__).resolve().parents[2]
+#: The logs a worker leaves in its folder that are read first, in this order; any other ``*.log`` there (or in its
+#: ``logs/``, one per notebook) comes next, and the worker's own output, ``worker.log``, last.
+FIRST_LOGS = ("worker-error.log", "nbgrader.log")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,20 +87,48 @@ def worker_command(job_file: Path, slot: str | None = None) -> list[str]:
 
 
 def collect_result(course: Course, student: str, scratch: Path, status: str | None = None,
-                   model: ModelGrading | None = None) -> dict:
+                   model: ModelGrading | None = None, error: str | None = None) -> dict:
     """Merge a finished worker's result into the course (or record 0 when it produced none); return the result.
 
-    With ``model`` settings, the points of the submitted model (scored by the worker) are recorded too.
+    With ``model`` settings, the points of the submitted model (scored by the worker) are recorded too. ``status``
+    (``"timeout"``, ``"crashed"``) and ``error`` override what the worker wrote. A result that cannot be read is
+    ``"crashed"``, one that cannot be merged an ``"error"``, with the traceback in the grader's log: neither stops
+    the other students' grading.
     """
     path = scratch / "result.json"
-    result = json.loads(path.read_text()) if path.is_file() and status is None else \
-        {"student": student, "status": status or "crashed", "notebooks": {}}
-    if result["status"] == "graded":
-        merge_submission(course, Course(scratch / "course", course.assignment), student)
-        if model is not None and result.get("model"):
-            result["model_points"] = record_points(course, student, result["model"], model)
-    else:
-        reset_submission(course, student)
+    result = {"student": student, "status": status or "crashed", "notebooks": {}}
+    if status is None:
+        try:
+            result = read_result(path, student)
+        except (OSError, ValueError) as err:
+            log.exception("%s: no usable result in %s", student, path)
+            result["error"] = f"the worker left no usable result.json ({err})"
+    if error:
+        result["error"] = error
+    try:
+        if result["status"] == "graded":
+            merge_submission(course, Course(scratch / "course", course.assignment), student)
+            if model is not None and result.get("model"):
+                result["model_points"] = record_points(course, student, result["model"], model)
+        else:
+            reset_submission(course, student)
+    except Exception as err:  # one broken result never stops the class; the log keeps its traceback
+        log.exception("%s: merging the result of %s into the gradebook failed", student, scratch)
+        result = {**result, "status": "error",
+                  "error": f"merging into the gradebook failed: {type(err).__name__}: {err} (traceback in grader.log)"}
+        with contextlib.suppress(Exception):
+            reset_submission(course, student)
+    return result
+
+
+def read_result(path: Path, student: str) -> dict:
+    """A worker's ``result.json``; ``ValueError`` when it is missing a status or names another student."""
+    if not path.is_file():
+        raise ValueError("the worker ended without writing it")
+    result = json.loads(path.read_text())
+    if not isinstance(result, dict) or result.get("student") != student or not isinstance(result.get("status"), str):
+        raise ValueError(f"{path} is not a result of {student!r}")
+    result.setdefault("notebooks", {})
     return result
 
 
@@ -104,39 +144,66 @@ def grade_all(course: Course, students: Sequence[str], settings: Settings,
     """
     settings.scratch.mkdir(parents=True, exist_ok=True)
     pending = list(students)
-    running: dict[int, tuple[str, subprocess.Popen, float, object]] = {}
+    running: dict[int, Running] = {}
     results = []
-    while pending or running:
-        for slot in range(settings.workers):
-            if slot in running or not pending:
-                continue
-            student = pending.pop(0)
-            job = make_job(course, student, settings, slot)
-            scratch = Path(job.scratch)
-            scratch.mkdir(parents=True, exist_ok=True)
-            (scratch / "result.json").unlink(missing_ok=True)
-            job.save(scratch / "job.json")
-            log = (scratch / "worker.log").open("w")
-            process = subprocess.Popen(worker_command(scratch / "job.json"), cwd=REPO, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-            running[slot] = (student, process, time.monotonic(), log)
-        time.sleep(0.2)
-        for slot, (student, process, started, log) in list(running.items()):
-            status = None
-            if process.poll() is None:
-                if time.monotonic() - started < settings.submission_timeout:
-                    continue
-                os.killpg(process.pid, signal.SIGKILL)  # the sandboxes die with their parent
-                process.wait()
-                status = "timeout"
-            log.close()
-            del running[slot]
-            result = collect_result(course, student, settings.scratch / student, status,
-                                    settings.model if settings.hidden else None)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    try:
+        while pending or running:
+            for slot in range(settings.workers):
+                if slot not in running and pending:
+                    running[slot] = start_worker(course, pending.pop(0), settings, slot)
+            time.sleep(0.2)
+            for slot, worker in list(running.items()):
+                status = error = None
+                if worker.process.poll() is None:
+                    if time.monotonic() - worker.started < settings.submission_timeout:
+                        continue
+                    os.killpg(worker.process.pid, signal.SIGKILL)  # the sandboxes die with their parent
+                    worker.process.wait()
+                    status, error = "timeout", f"killed after {settings.submission_timeout} s (--submission-timeout)"
+                elif worker.process.returncode < 0:
+                    status = "crashed"
+                    error = f"the worker was killed by signal {-worker.process.returncode}"
+                worker.log.close()
+                del running[slot]
+                result = collect_result(course, worker.student, settings.scratch / worker.student, status,
+                                        settings.model if settings.hidden else None, error)
+                log.info("%s: %s in %.0f s%s", worker.student, result["status"],
+                         time.monotonic() - worker.started, f" ({result['error']})" if result.get("error") else "")
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:  # interrupted (Ctrl-C) or failed: no worker outlives the grader
+        for worker in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.process.pid, signal.SIGKILL)
+            worker.process.wait()
+            worker.log.close()
     return sorted(results, key=lambda r: r["student"])
+
+
+@dataclass
+class Running:
+    """A worker process grading one student's submission."""
+
+    student: str
+    process: subprocess.Popen
+    started: float
+    log: IO
+
+
+def start_worker(course: Course, student: str, settings: Settings, slot: int) -> Running:
+    """Start the worker of ``student`` on sandbox slot ``slot``; its output goes to ``<its folder>/worker.log``."""
+    job = make_job(course, student, settings, slot)
+    scratch = Path(job.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "worker-error.log"):
+        (scratch / stale).unlink(missing_ok=True)
+    job.save(scratch / "job.json")
+    output = (scratch / "worker.log").open("w")
+    process = subprocess.Popen(worker_command(scratch / "job.json"), cwd=REPO, stdout=output,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    log.info("%s: grading on slot %d (pid %d, folder %s)", student, slot, process.pid, scratch)
+    return Running(student, process, time.monotonic(), output)
 
 
 def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
@@ -147,11 +214,12 @@ def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
         names = [r["student"] for r in results if r["status"] == status]
         if names:
             rows.append((status, ", ".join(names)))
-    notebooks = sorted({name for r in graded for name in r["notebooks"]})
-    for name in notebooks:
-        got = [r["notebooks"][name] for r in graded if name in r["notebooks"]]
+    scored = [(name, nb) for r in graded for name, nb in r["notebooks"].items()
+              if nb.get("status", "graded") == "graded" and "auto_max" in nb]
+    for name in sorted({name for name, _ in scored}):
+        got = [nb for each, nb in scored if each == name]
         maximum = max(n["auto_max"] for n in got)
-        mean = sum(n["auto_score"] for n in got) / len(got)
+        mean = sum(n["auto_score"] or 0 for n in got) / len(got)
         rows.append((f"mean {name}", f"{mean:.1f} / {maximum:.0f}"))
     models = [r["model"] for r in graded if r.get("model")]
     if models:
@@ -165,4 +233,53 @@ def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
     if graded:
         slowest = max(graded, key=lambda r: r.get("seconds", 0))
         rows.append(("slowest", f"{slowest['student']} ({slowest.get('seconds', 0):.0f} s)"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What to look at when a submission failed
+# --------------------------------------------------------------------------------------------------------------------
+
+def problems_of(result: dict) -> list[str]:
+    """What went wrong with a submission: its status when not graded, each notebook not graded, the problems listed.
+
+    Empty when the submission and every notebook of it were graded (a low score is not a problem).
+    """
+    found = []
+    if result["status"] != "graded":
+        found.append(result["status"] + (f": {result['error']}" if result.get("error") else ""))
+    for name, notebook in sorted(result.get("notebooks", {}).items()):
+        if notebook.get("status", "graded") != "graded":
+            reason = notebook.get("reason")
+            found.append(f"{name}: {notebook['status']}" + (f" ({reason})" if reason else ""))
+    found += [str(problem) for problem in result.get("problems", [])]
+    return list(dict.fromkeys(found))
+
+
+def log_files(folder: Path) -> list[Path]:
+    """The logs a worker left in ``folder``, the most telling first (:data:`FIRST_LOGS`, per notebook, its output)."""
+    first = [folder / name for name in FIRST_LOGS]
+    others = sorted({*folder.glob("*.log"), *folder.glob("logs/*.log")} - {*first, folder / "worker.log"})
+    return [path for path in (*first, *others, folder / "worker.log") if path.is_file()]
+
+
+def attention_rows(results: Sequence[dict], scratch: Path, regrade: Callable[[str], str]) -> list[tuple[str, str]]:
+    """For each submission with a problem (:func:`problems_of`): what went wrong, its logs, the command to re-grade it.
+
+    Args:
+        results: the results of the run.
+        scratch: the workers' folders (``<scratch>/<student>/``) and the grader's log (``<scratch>/grader.log``).
+        regrade: the command that re-grades one student, given the student.
+    """
+    rows = []
+    for result in results:
+        problems = problems_of(result)
+        if not problems:
+            continue
+        student = result["student"]
+        logs = log_files(scratch / student) or [scratch / student / "worker.log"]
+        rows.append((f"{student}", problems[0]))
+        rows += [("", problem) for problem in problems[1:]]
+        rows.append(("  logs", " ".join(str(path) for path in [*logs, scratch / "grader.log"])))
+        rows.append(("  regrade", regrade(student)))
     return rows
