@@ -555,3 +555,140 @@ def test_formulas_are_typeset_without_network(site: Path, served_site: str, chro
         typeset = chromium.execute_script("return document.querySelectorAll('mjx-container').length")
         raw = chromium.execute_script("return document.querySelector('article').innerText")
         assert typeset >= 2 and "\\(" not in raw and "\\frac" not in raw, f"{chapter}: raw TeX left"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Content the questions rely on, credit, navigation
+# --------------------------------------------------------------------------------------------------------------------
+
+def _frequency_table(markdown: str) -> dict[str, float]:
+    """Class -> share (%) from a markdown table whose rows pair class names with numbers, possibly several pairs per
+    row (``| 0 | `<UNK>` | 1.26 | | 7 | column | 3.05 |``)."""
+    from labcode.classes import CLASSES
+
+    shares = {}
+    for line in markdown.splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        for i, cell in enumerate(cells[:-1]):
+            if cell in CLASSES and re.fullmatch(r"\d+\.\d+", cells[i + 1]):
+                assert cell not in shares, f"{cell} appears twice in the table"
+                shares[cell] = float(cells[i + 1])
+    return shares
+
+
+def test_the_class_frequencies_are_given_as_numbers_where_the_questions_send_students():
+    # Questions 4.1 and 4.2 are worked with pen and paper from these shares: the chapter they point to and notebook 1
+    # list them, and the numbers are those of the library, class by class.
+    from labcode.classes import CLASSES, REAL_CLASS_FREQUENCIES
+
+    expected = {name: round(100 * float(share), 2) for name, share in zip(CLASSES, REAL_CLASS_FREQUENCIES)}
+    chapter = (REPO / "book" / "chapters" / "data_exploration.md").read_text()
+    assert "(tab-class-frequencies)=" in chapter
+    assert _frequency_table(chapter) == expected
+    notebook = nbformat.read(REPO / "solutions" / "segmentation" / "01_data_exploration.ipynb", as_version=4)
+    tables = [_frequency_table(c.source) for c in notebook.cells if c.cell_type == "markdown"]
+    assert expected in tables, "notebook 1 does not list the class shares"
+    assert "tab-class-frequencies>" in (REPO / "book" / "chapters" / "metrics.md").read_text(), \
+        "question 4.1 does not point to the table"
+
+
+def test_the_frequency_table_parser_reads_pairs_and_rejects_repeats():
+    assert _frequency_table("| 0 | `<UNK>` | 1.26 | | 7 | column | 3.05 |\n| wall | 33.67 |") == \
+        {"<UNK>": 1.26, "column": 3.05, "wall": 33.67}
+    with pytest.raises(AssertionError):
+        _frequency_table("| wall | 1.00 |\n| wall | 2.00 |")
+
+
+def test_the_instructors_page_is_a_part_of_its_own():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    parts = {part["caption"]: _toc_files(part) for part in toc["parts"]}
+    assert parts["Getting started"] == ["setup"]
+    owners = [caption for caption, files in parts.items() if "instructors" in files]
+    assert owners == ["For instructors"] and parts["For instructors"] == ["instructors"], parts
+
+
+def test_bibliography_labels_follow_the_citations_author_year():
+    spec = importlib.util.spec_from_file_location("author_year_bibliography",
+                                                  REPO / "book" / "_ext" / "author_year_bibliography.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from pybtex.database import Entry, Person
+
+    def entry(authors: list[str], year: str = "2017") -> Entry:
+        return Entry("article", fields={"title": "T", "year": year},
+                     persons={"author": [Person(name) for name in authors]})
+
+    lin = entry(["Lin, Tsung-Yi", "Goyal, Priya", "Doll{\\'a}r, Piotr"])
+    assert module.author_year(lin) == "Lin et al., 2017"
+    assert module.author_year(entry(["Eigen, David", "Fergus, Rob"], "2015")) == "Eigen and Fergus, 2015"
+    assert module.author_year(entry(["Doll{\\'a}r, Piotr"])) == "Dollár, 2017"
+    labels = list(module.AuthorYearLabelStyle().format_labels([lin, lin, entry(["Cui, Yin"], "2019")]))
+    assert labels == ["Lin et al., 2017a", "Lin et al., 2017b", "Cui, 2019"]
+
+
+@pytest.mark.slow
+def test_the_bibliography_is_labelled_by_author_and_year(site: Path):
+    page = _soup(site / "bibliography.html")
+    labels = [_squash(tag.get_text(" ", strip=True)).strip("[] ") for tag in page.select("article .label")]
+    assert labels and not [label for label in labels if re.fullmatch(r"\d+", label)], labels
+    assert "Armeni et al., 2017" in labels and "Eigen and Fergus, 2015" in labels, labels
+    assert labels == sorted(labels, key=str.lower), "the entries are not in the order of their first authors"
+
+
+@pytest.mark.slow
+def test_the_site_credits_the_original_lab_and_the_data_set(site: Path):
+    intro = _soup(site / "intro.html")
+    credits = _squash(intro.select_one("#credits").get_text(" "))
+    assert "Jeremy Fix" in credits and "CentraleSupélec" in credits and "Semantic segmentation" in credits
+    dataset = "http://buildingparser.stanford.edu/dataset.html"
+    assert dataset in [a["href"] for a in intro.select("#credits a[href]")]
+    assert len([a for a in intro.select("article a[href]") if a["href"] == dataset]) >= 2, \
+        "the data set's page is linked where the data set is introduced, and in the credits"
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        assert "The course team" not in text, f"{page.relative_to(site)}: the footer credits nobody"
+        words = _squash(_soup(page).get_text(" ")).lower()
+        assert "the handout" not in words, f"{page.relative_to(site)} cites the original lab as 'the handout'"
+    # every mention of the original lab in the chapters links to its credit
+    for chapter in ("chapters/inference", "chapters/training"):
+        assert [a for a in _soup(site / f"{chapter}.html").select("article a[href]")
+                if a["href"].endswith("intro.html#credits")], chapter
+
+
+@pytest.mark.slow
+def test_the_introduction_links_every_notebook(site: Path):
+    intro = _soup(site / "intro.html")
+    hrefs = {a["href"] for a in intro.select("article table a[href]")}
+    missing = [name for name in NOTEBOOKS if f"segmentation/{name}.html" not in hrefs]
+    assert not missing, f"the introduction's table does not link {missing}"
+
+
+@pytest.mark.slow
+def test_search_finds_the_plain_spelling_of_lovasz(site: Path):
+    index = (site / "searchindex.js").read_text(encoding="utf-8")
+    assert '"lovasz"' in index, "searching 'lovasz' finds nothing: the pages only write Lovász"
+
+
+@pytest.mark.slow
+def test_the_plain_graph_recipe_of_question_6_1_gives_the_plain_graph(tmp_path: Path, monkeypatch):
+    # The chapter tells students how to export the graph that question 6.1 reads: run its code as they would, and
+    # check that it shows the upsampling as the code writes it (Resize), while the default export is the folded one.
+    from collections import Counter
+
+    import onnx
+
+    from labcode.export import export_onnx
+    from labcode.models import build_model
+
+    chapter = (REPO / "book" / "chapters" / "inference.md").read_text()
+    section = chapter[chapter.index("(folded-graph)="):chapter.index("## Questions")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(code) == 1, "the folded-graph section should give one Python snippet"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code[0], "inference.md", "exec"), {})  # noqa: S102 - the course's own snippet
+    plain = Counter(node.op_type for node in onnx.load(str(tmp_path / "plain.onnx")).graph.node)
+    assert plain["Resize"] == 3 and plain["DepthToSpace"] == 0, plain
+    folded_path = export_onnx(build_model("unet", 14, base_chan=8, num_blocks=3), tmp_path / "folded.onnx")
+    folded = Counter(node.op_type for node in onnx.load(str(folded_path)).graph.node)
+    assert folded["Resize"] == 0 and folded["DepthToSpace"] == 3, folded
+    assert "python -m labcode view plain.onnx" in section
