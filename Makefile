@@ -45,7 +45,7 @@ book: figures
 bench: setup
 	$(VENV)/python -m benchmarks.run_all
 
-## Grading throughput: plain sequential nbgrader autograde against the parallel grader (about 10 minutes).
+## Grading throughput: the grader with one worker against the parallel grader (about 10 minutes).
 bench-grading: grading-env
 	$(VENV)/python -m benchmarks.bench_grading
 

@@ -14,6 +14,11 @@ start() {
     command -v slurmctld >/dev/null && command -v munged >/dev/null \
         || { echo "slurm_local: install slurm-wlm and munge first (apt-get install slurm-wlm munge)" >&2; exit 1; }
     [ "$(id -u)" = 0 ] || { echo "slurm_local: must run as root" >&2; exit 1; }
+    # Already up (another test process started it): keep it, jobs may be running.
+    if [ -f "$CONF" ] && SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -q -E "^(idle|mixed|allocated)"; then
+        echo "export SLURM_CONF=$CONF"
+        return 0
+    fi
     mkdir -p "$DIR/ctld" "$DIR/d" "$DIR/log" /run/munge /var/log/munge /var/lib/munge /etc/munge
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }
     chmod 0400 /etc/munge/munge.key

@@ -140,8 +140,12 @@ def slurm():
 
     require(os.geteuid() == 0 and shutil.which("slurmctld") is not None and shutil.which("munged") is not None,
             "a one-node slurm needs root and the packages slurm-wlm and munge")
-    done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True,
-                          text=True, timeout=120)
+    import fcntl
+
+    with open("/tmp/labcode-slurm.lock", "w") as lock:  # test processes run in parallel: one starts the cluster
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(["bash", str(REPO / "scripts" / "slurm_local.sh"), "start"], capture_output=True,
+                              text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     conf = done.stdout.strip().split("SLURM_CONF=")[-1]
     saved = os.environ.get("SLURM_CONF")

@@ -181,6 +181,31 @@ SETTINGS = {
 config = TrainConfig(**SETTINGS, class_weights="inverse", loss="ce", model="unet", areas_train=("3",),
                      areas_valid=[], datadir=str(DATADIR))
 config'''},
+    "06_inference_onnx": {
+        "answer_evaluate_areas": '''from labcode.infer import OnnxSegmenter
+from labcode.scoring import evaluate_areas, format_metrics_table
+
+segmenter = OnnxSegmenter(MODEL)
+print(f"ONNX Runtime providers: {segmenter.providers}")
+scores = {name: evaluate_areas(segmenter, DATADIR, areas, img_size=EVAL_SIZE, progress=not GRADING)
+          for name, areas in (("seen", tuple(TRAIN_AREAS)), ("unseen", ("5a", "5b")))}
+train_scores, test_scores = scores["seen"], scores["unseen"]
+print(f"training areas {', '.join(TRAIN_AREAS)}: macro F1 {train_scores['macro_f1']:.3f}, "
+      f"accuracy {train_scores['pixel_accuracy']:.3f}")
+print(f"held-out areas 5a, 5b:\\n{format_metrics_table(test_scores)}")''',
+        "answer_segment_photo": '''from PIL import Image
+
+from labcode.infer import segment_image_file
+
+PHOTO = next((p for p in (Path("my_photo.png"), Path("my_photo.jpg")) if p.exists()), Path("stand_in_photo.png"))
+if not PHOTO.exists():  # no photo of yours yet: a non-square crop of a held-out image
+    held_out = StanfordDataset(DATADIR, areas=["5b"]).load_image(0)
+    height, width = held_out.shape[:2]
+    Image.fromarray(held_out[height // 8:, : width - width // 5]).save(PHOTO)
+photo_result = segment_image_file(segmenter, str(PHOTO), Path("photo_figure.png"), max_size=EVAL_SIZE)
+print(f"{PHOTO}: {photo_result['size'][0]}x{photo_result['size'][1]} pixels")
+display(Image.open(photo_result["figure"]))''',
+    },
     "07_going_further": {
         "answer_deeplab_forward": '''from labcode.models import build_model, count_parameters
 from labcode.deeplab import DeepLabV3Plus

@@ -244,3 +244,23 @@ def test_pickled_arrays_are_never_loaded(synth_root):
     forged = {"value": {"__array__": base64.b64encode(buffer.getvalue()).decode()}}
     with pytest.raises(ValueError, match="pickle"):
         judge.decode(forged)
+
+
+def test_notebook_4s_self_check_agrees_with_the_judge_on_every_answer(synth_root):
+    """The cell comparing questions 4.1 and 4.2 with the library never prints False for an accepted answer."""
+    import re
+
+    from labcode.classes import CLASSES, REAL_CLASS_FREQUENCIES
+    from labcode.metrics import constant_predictor_scores
+
+    source = next(cell.source for cell in nbformat.read(SOURCE / "04_metrics_losses.ipynb", as_version=4).cells
+                  if "agrees with the library" in cell.source)
+    tolerances = {float(t) for t in re.findall(r"atol=([0-9.e-]+)", source)}
+    assert tolerances == {judge.FOUR_DECIMALS}, tolerances
+    library = constant_predictor_scores(REAL_CLASS_FREQUENCIES, CLASSES.index("wall"))
+    context = judge.Context(datadir=synth_root)
+    for offset in np.linspace(-1e-4, 1e-4, 41):
+        for grade_id, key in (("test_wall_accuracy", "pixel_accuracy"), ("test_wall_macro_f1", "macro_f1")):
+            value = float(library[key]) + offset
+            printed = bool(np.isclose(value, library[key], atol=max(tolerances)))
+            assert judge.judge(grade_id, {"value": value}, context).passed == printed, (grade_id, value)

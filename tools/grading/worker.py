@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import sys
 import time
 import traceback
@@ -31,9 +30,6 @@ from pathlib import Path
 from tools.grading import sandbox
 from tools.grading.course import Course, copy_database, tools_on_path
 from tools.grading.intake import read_timestamp, take_submission
-
-#: Marks, in the release's library, the lines where students write code (see ``tools/release.py``).
-EXERCISE_MARK = "# EXERCISE "
 
 
 @dataclass
@@ -76,54 +72,6 @@ class Job:
     @classmethod
     def load(cls, path: Path) -> Job:
         return cls(**json.loads(Path(path).read_text()))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Preparing the submission
-# --------------------------------------------------------------------------------------------------------------------
-
-def copy_plain_files(source: Path, dest: Path) -> list[str]:
-    """Copy the plain files and folders of ``source`` to ``dest``; return what was left out (links, devices...)."""
-    skipped = []
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(source.iterdir()):
-        mode = entry.lstat().st_mode
-        if stat.S_ISDIR(mode):
-            skipped += copy_plain_files(entry, dest / entry.name)
-        elif stat.S_ISREG(mode):
-            shutil.copyfile(entry, dest / entry.name)
-        else:
-            skipped.append(str(entry))
-    return skipped
-
-
-def exercise_files(release_library: Path) -> set[str]:
-    """The library files (relative paths) in which students write code: those with an exercise stub."""
-    return {p.relative_to(release_library).as_posix() for p in release_library.rglob("*.py")
-            if EXERCISE_MARK in p.read_text(encoding="utf-8")}
-
-
-def restore_library(submission: Path, release: Path) -> list[str]:
-    """Overwrite the submission's library files that have no exercise with the release's; return those replaced.
-
-    A student's changes outside the exercises (a metric, a data loader, the check) therefore never count, and the
-    files they had to write stay theirs. Files the student added are kept (only their own code can import them).
-    """
-    library, student_library = release / "labcode", submission / "labcode"
-    if not student_library.is_dir():
-        return []
-    own = exercise_files(library)
-    replaced = []
-    for path in sorted(p for p in library.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        rel = path.relative_to(library).as_posix()
-        if rel in own:
-            continue
-        target = student_library / rel
-        if not target.is_file() or target.read_bytes() != path.read_bytes():
-            replaced.append(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-    return replaced
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -203,10 +151,10 @@ def readable_notebook(path: Path) -> str:
 
 def grade_notebook(work: Course, job: Job, stem: str, db: Path, log: Path) -> str:
     """Autograde one notebook of the submission in ``work``; return the problem ("" when it was graded)."""
-    from tools.grading.kernel import SandboxKernelManager, autograde_preprocessors
+    from tools.grading.kernel import autograde_preprocessors
 
-    SandboxKernelManager.spec = sandbox_spec(job)
     api = work.api(**{"CourseDirectory.db_url": f"sqlite:///{db}",
+                      "SandboxKernelManager.sandbox": sandbox.spec_to_json(sandbox_spec(job)),
                       "CourseDirectory.notebook_id": stem,
                       "Autograde.autograde_preprocessors": autograde_preprocessors(),
                       "JudgeVerdicts.datadir": job.datadir,
