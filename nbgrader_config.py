@@ -67,6 +67,14 @@ c.OverwriteCells.add_missing_cells = True
 # third-party stack without the course library, so that a submission can only run its own labcode/ copy.
 # `python -m tools.grading run` grades a whole class in parallel (instructors' page).
 c.Autograde.autograde_preprocessors = autograde_preprocessors()
+# Outputs are bounded while the kernel's messages arrive (tools/grading/outputs.py), then LimitOutput cuts by lines;
+# a cell or notebook over its limit keeps a one-line note that reaches the feedback. Sizes in characters.
+c.SandboxedExecute.cell_output_limit = 2 * 2**20
+c.SandboxedExecute.notebook_output_limit = 8 * 2**20
+c.SandboxedExecute.probe_output_limit = 32 * 2**20  # the evidence of one test (tools/grading/probe.py)
+c.SandboxedExecute.message_limit = 40 * 2**20  # the largest kernel message accepted (above the probe's limit)
+c.LimitOutput.max_lines = 1000
+c.LimitOutput.max_traceback = 100
 # Grading goes through the course's grader, which takes only the files a submission may hold, grades each notebook on
 # its own and lets the judge (tools/grading/verdicts.py) decide every test outside the student's kernel: a plain
 # `nbgrader autograde` (or Formgrader's button) refuses and says so.
@@ -78,6 +86,11 @@ c.Autograde.sanitize_preprocessors = [GraderOnly, ClearOutput, DeduplicateIds, O
 # --------------------------------------------------------------------------------------------------------------------
 # What students get back carries no hidden test, and each failed test shows one line: its hint.
 c.GenerateFeedback.preprocessors = [SafeFeedback, GetGrades, CSSHTMLHeaderPreprocessor]
+# Every page nbconvert renders (feedback, Formgrader's views) cleans markdown and HTML as it renders them, a second
+# layer behind the sanitising of the graded notebooks (tools/grading/sanitize.py): nothing a submission wrote runs.
+c.HTMLExporter.sanitize_html = True
+c.HTMLExporter.filters = {"markdown2html": "tools.grading.sanitize.markdown2html_inert",
+                          "clean_html": "tools.grading.sanitize.clean_html"}
 
 # --------------------------------------------------------------------------------------------------------------------
 # Grading the trained models (tools/grading/models.py; part of `python -m tools.grading run`)

@@ -6,7 +6,15 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from tools import release
-from tools.grading.feedback import WITHHELD, SafeFeedback, hidden_lines
+from tools.grading.feedback import (
+    MAX_NOTEBOOK_BYTES,
+    WITHHELD,
+    SafeFeedback,
+    check_notebook,
+    failure_reason,
+    hidden_lines,
+    remove_hidden_regions,
+)
 
 TEST = '''assert isinstance(result, int), "result should be an integer"
 ### BEGIN HIDDEN TESTS
@@ -58,8 +66,37 @@ def test_lines_shared_with_the_visible_part_are_not_secret():
 def test_the_course_configuration_filters_feedback_and_sandboxes_autograding():
     config = release.load_course_config()
     assert config.GenerateFeedback.preprocessors[0] is SafeFeedback
-    assert config.Autograde.autograde_preprocessors[0].__name__ == "SandboxedExecute"
-    assert config.OverwriteCells.add_missing_cells is True
+    names = [cls.__name__ for cls in config.Autograde.autograde_preprocessors]
+    # executed in the sandbox, judged, then made inert before anything is saved or rendered
+    assert names.index("SandboxedExecute") < names.index("SanitizeSubmission") == names.index("SaveAutoGrades") - 1
+    assert "JudgeVerdicts" not in names or names.index("JudgeVerdicts") < names.index("SanitizeSubmission")
+    assert "LimitOutput" in names and config.OverwriteCells.add_missing_cells is True
+
+
+def test_hidden_regions_are_removed_even_when_a_marker_is_unclosed_or_stray():
+    assert remove_hidden_regions("a\n### BEGIN HIDDEN TESTS\nsecret\n### END HIDDEN TESTS\nb\n") == "a\nb\n"
+    assert remove_hidden_regions("a\n### BEGIN HIDDEN TESTS\nsecret\nmore\n") == "a\n"
+    assert remove_hidden_regions("a\n### END HIDDEN TESTS\nb") == "a\nb"
+
+
+def test_a_failed_nbgrader_call_is_reported_by_its_last_exception():
+    log = ("[GenerateFeedbackApp | ERROR] There was an error processing assignment\nTraceback (most recent call "
+           "last):\n  File \"x.py\", line 1\nnbformat.reader.NotJSONError: Notebook does not appear to be JSON\n"
+           "[GenerateFeedbackApp | ERROR] nbgrader.apps.baseapp.NbGraderException: Please see the error log\n")
+    assert failure_reason({"log": log}) == "nbformat.reader.NotJSONError: Notebook does not appear to be JSON"
+    assert failure_reason({}) == "nbgrader failed without a message"
+
+
+def test_an_unreadable_or_oversized_notebook_is_refused_before_nbgrader_reads_it(tmp_path):
+    good = tmp_path / "good.ipynb"
+    nbformat.write(graded_notebook([]), good)
+    assert check_notebook(good) is None
+    (tmp_path / "bad.ipynb").write_text("{not json")
+    assert "bad.ipynb cannot be read as a notebook" in check_notebook(tmp_path / "bad.ipynb")
+    huge = tmp_path / "huge.ipynb"
+    with huge.open("wb") as out:
+        out.truncate(MAX_NOTEBOOK_BYTES + 1)
+    assert "over the 32 MiB a feedback page renders" in check_notebook(huge)
 
 
 def test_every_hint_of_the_courses_hidden_tests_reaches_the_feedback():

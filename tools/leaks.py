@@ -109,10 +109,11 @@ def secret_lines(repo: Path = REPO) -> dict[str, set[str]]:
     for path in PUBLIC_SOURCES:  # what the submission may see: the probes and the tests' inputs
         if (repo / path).is_file():
             public.append(squash((repo / path).read_text(encoding="utf-8")))
+    already = "\n".join(set().union(*secret.values()))  # a line of a solution too is reported as the solution's
     for path in JUDGE_SOURCES:  # the hidden tests: the judge's code (its docstrings and comments describe it)
         if (repo / path).is_file():
             secret[path] = {squash(line) for line in code_lines((repo / path).read_text(encoding="utf-8"))
-                            if meaningful(line)}
+                            if meaningful(line) and squash(line) not in already}
     public_text = "\n".join(public)  # a secret line found anywhere in there (even re-wrapped) is public after all
     return {source: {line for line in lines if line not in public_text} for source, lines in secret.items()}
 

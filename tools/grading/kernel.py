@@ -10,27 +10,31 @@ since the kernel is not a child of the grader.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import secrets
 import shutil
+import tarfile
 import tempfile
+import threading
 import typing as t
 from dataclasses import replace
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import DeadKernelError
-from nbclient.util import run_sync
+from nbclient.util import ensure_async, run_hook, run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
+from traitlets import Bool, Integer, Unicode
 
-from tools.grading import sandbox
+from tools.grading import outputs, sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: Where the submission's copy lives inside the sandbox (the kernel's working directory).
 WORKDIR = f"{sandbox.HOME}/submission"
-#: Where the submission folder is bound read-only, to be copied to WORKDIR.
-SOURCE = "/srv/submission"
 
 
 def default_spec() -> sandbox.SandboxSpec:
@@ -54,21 +58,47 @@ def default_spec() -> sandbox.SandboxSpec:
 
 
 class SandboxKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel runs in a sandbox: the class attribute ``spec``, else :func:`default_spec`."""
+    """A kernel manager whose kernel runs in a sandbox.
+
+    The sandbox is ``c.SandboxKernelManager.sandbox``, a :class:`~tools.grading.sandbox.SandboxSpec` as JSON
+    (:func:`~tools.grading.sandbox.spec_to_json`): nbclient creates its kernel manager with the notebook client's
+    configuration, so the grader passes it in the configuration of ``nbgrader autograde``. When it is empty, the class
+    attribute ``spec`` (deprecated: process-wide), else :func:`default_spec`.
+
+    The kernel holds a sandbox slot (:func:`~tools.grading.sandbox.acquire_slot`) from its start to its shutdown. It
+    receives its working copy of the submission as a tar archive on its standard input (nothing of the course is
+    bound into the sandbox, so no host path of it shows inside), and talks to nbgrader through Unix sockets in a
+    private folder bound writable at the same path: as root, that folder is a tmpfs of :attr:`RUNTIME_BYTES`.
+    Without root it is a plain folder of the host's ``/tmp`` (the kernel then runs as the grader's own user, and only
+    the file size limit bounds what it writes there).
+    """
 
     spec: t.ClassVar[sandbox.SandboxSpec | None] = None
 
+    # (in the methods, `sandbox` is still the module: only `self.sandbox` is this setting)
+    sandbox = Unicode("", config=True, help="The kernels' sandbox, as JSON (tools.grading.sandbox.spec_to_json); "
+                                            "empty: SandboxKernelManager.spec when set, else default_spec()")
+    #: Size of the sockets' folder (a tmpfs when running as root): the sockets and the connection file need a few kB.
+    RUNTIME_BYTES: t.ClassVar[int] = 1 << 20
+    #: What the kernel process may write to its own stdout and stderr (not the notebook's outputs: those go through
+    #: ZeroMQ) before the rest is dropped; it reaches the grader's stderr (the worker's log).
+    MAX_KERNEL_OUTPUT: t.ClassVar[int] = 64 << 10
+
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
-        if self.spec is None:
+        if self.sandbox:
+            self.spec = sandbox.spec_from_json(self.sandbox)
+        elif type(self).spec is None:
             self.spec = default_spec()
-        self._runtime = Path(tempfile.mkdtemp(prefix="lg-", dir="/tmp"))  # short: Unix socket paths are limited
-        os.chmod(self._runtime, 0o700)
-        if self.spec.uid is not None:
-            os.chown(self._runtime, self.spec.uid, self.spec.uid)
+        # made when the kernel starts (a manager that never starts one leaves nothing); short: socket paths are limited
+        self._runtime = Path("/tmp") / f"lg-{secrets.token_hex(5)}"
         self.transport = "ipc"
         self.ip = str(self._runtime / "k")
         self.connection_file = str(self._runtime / "connection.json")
+        self._lease: sandbox.SlotLease | None = None
+        self._mounted = False
+        self._archive: t.IO[bytes] | None = None
+        self._output: OutputRelay | None = None
         self._limits_context = None
         self._prefix: list[str] = []
         self.cgroup: sandbox.Cgroup | None = None
@@ -79,10 +109,35 @@ class SandboxKernelManager(AsyncKernelManager):
             os.chown(self.connection_file, self.spec.uid, self.spec.uid)
 
     async def _async_pre_start_kernel(self, **kw: t.Any) -> tuple[list[str], dict[str, t.Any]]:
+        if self._lease is None:  # first start (a restart keeps the slot and the folder)
+            self._lease = sandbox.acquire_slot(self.spec)
+            self._runtime.mkdir(mode=0o700)
+            self.spec = self._lease.spec
+            uid = self.spec.uid
+            if uid is not None and self.spec.isolated:
+                _unmount_stale(uid)
+                _mount_tmpfs(self._runtime, self.RUNTIME_BYTES, uid)
+                self._mounted = True
+            if uid is not None:
+                os.chown(self._runtime, uid, uid)
         self.kernel_spec.interrupt_mode = "message"  # a signal would reach bubblewrap, not the kernel
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
         kw.pop("env", None)  # the sandbox builds its own environment
+        if self.spec.isolated:
+            if self._archive is not None:
+                self._archive.close()
+            self._archive = submission_archive(Path(kw.get("cwd") or os.getcwd()))
+            kw["stdin"] = self._archive
+        self._output = OutputRelay(self.MAX_KERNEL_OUTPUT)
+        kw["stdout"] = kw["stderr"] = self._output.write_end
         return self._prefix + kernel_cmd, kw
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: t.Any) -> None:
+        try:
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+        finally:
+            if self._output is not None:
+                self._output.started()  # the kernel holds its end of the pipe now
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         if os.environ.get("NBGRADER_EXECUTION"):  # the notebooks pick their grading settings by it
@@ -98,19 +153,119 @@ class SandboxKernelManager(AsyncKernelManager):
             home.mkdir(exist_ok=True)
             env = sandbox.environment(self.spec, datadir=str(self.spec.datadir), home=str(home), tmp=str(home))
             return ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *kernel]
-        source = Path(self._launch_args.get("cwd") or os.getcwd())
-        inner = ["sh", "-c", f'mkdir {WORKDIR} && cp -R {SOURCE}/. {WORKDIR}/ && cd {WORKDIR} && exec "$@"',
-                 "sandbox-kernel", *kernel]
-        binds = [(source, SOURCE, False), (self._runtime, str(self._runtime), True)]
+        unpack = f'mkdir {WORKDIR} && tar -x -f - -C {WORKDIR} --no-same-owner && cd {WORKDIR} && exec "$@" </dev/null'
+        inner = ["sh", "-c", unpack, "sandbox-kernel", *kernel]
+        binds = [(self._runtime, str(self._runtime), True)]
         return sandbox.bwrap_command(self.spec, inner, binds=binds, cwd=sandbox.HOME)
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
-        if self._limits_context is not None and not restart:
+        if restart:
+            return
+        if self._limits_context is not None:
             self._limits_context.__exit__(None, None, None)
             self._limits_context = None
-        if not restart:
-            shutil.rmtree(self._runtime, ignore_errors=True)
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+        if self._mounted:
+            _unmount(self._runtime)
+            self._mounted = False
+        shutil.rmtree(self._runtime, ignore_errors=True)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+
+class OutputRelay:
+    """A pipe for a kernel's own stdout and stderr, relayed to the grader's stderr up to ``limit`` bytes.
+
+    Past the limit the rest is read and dropped (the kernel never blocks on it) and one line says so: whatever the
+    submission writes to its file descriptors 1 and 2, the worker's log grows by at most ``limit`` bytes per kernel.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        read_end, self.write_end = os.pipe()
+        self._thread = threading.Thread(target=self._relay, args=(read_end,), daemon=True)
+        self._thread.start()
+
+    def started(self) -> None:
+        """Close this process's copy of the write end, once the kernel has its own (the relay ends with the kernel)."""
+        if self.write_end >= 0:
+            os.close(self.write_end)
+            self.write_end = -1
+
+    def _relay(self, read_end: int) -> None:
+        relayed = 0
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(1 << 16):
+                if relayed < self.limit:
+                    kept = chunk[:self.limit - relayed]
+                    relayed += len(chunk)
+                    if relayed >= self.limit:
+                        kept += f"\n[kernel output cut at {self.limit} bytes]\n".encode()
+                    _write_all(2, kept)  # where the kernel's output went before: the grader's stderr
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(fd, data):]
+
+
+def submission_archive(folder: Path) -> t.IO[bytes]:
+    """The plain files and folders under ``folder`` as a tar archive in an anonymous temporary file, rewound.
+
+    Links and special files are left out; every entry is readable by the sandbox user who unpacks it.
+    """
+    archive = tempfile.TemporaryFile()
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for root, dirs, files in os.walk(folder):
+            for name in sorted(dirs) + sorted(files):
+                path = Path(root) / name
+                if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                    continue
+                info = tar.gettarinfo(path, arcname=path.relative_to(folder).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode = 0o755 if info.isdir() else 0o644
+                if info.isdir():
+                    tar.addfile(info)
+                else:
+                    with path.open("rb") as handle:
+                        tar.addfile(info, handle)
+            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    archive.seek(0)
+    return archive
+
+
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MNT_DETACH = 2, 4, 8, 2
+
+
+def _mount_tmpfs(path: Path, size: int, uid: int) -> None:
+    """Mount a tmpfs of ``size`` bytes, owned by ``uid``, on ``path`` (root only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"size={size},nr_inodes=64,mode=0700,uid={uid},gid={uid}".encode()
+    if libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options) != 0:
+        error = ctypes.get_errno()
+        raise sandbox.SandboxError(f"cannot mount the kernel's socket folder {path} as a tmpfs: "
+                                   f"{os.strerror(error)}")
+
+
+def _unmount(path: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(str(path).encode(), _MNT_DETACH)
+
+
+def _unmount_stale(uid: int) -> None:
+    """Unmount the socket folders of ``uid`` left by a grader killed before its cleanup (its slot is ours now)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        target, options = fields[4], fields[-1]
+        if target.startswith("/tmp/lg-") and " - tmpfs " in line and f"uid={uid}," in f"{options},":
+            _unmount(Path(target))
+            shutil.rmtree(target, ignore_errors=True)
 
 
 class SandboxedExecute(Execute):
@@ -123,12 +278,75 @@ class SandboxedExecute(Execute):
     In a test cell, only an exception fails the test: nbgrader would also give 0 for any text on stderr, so a
     warning printed by a library (a deprecation, a progress bar's notice) would cost a correct answer its points.
     Such text is kept in the output, on stdout, marked ``[stderr]``.
+
+    Outputs are bounded as the kernel's messages arrive (:mod:`tools.grading.outputs`): per cell, per notebook, per
+    message; a cell whose output was cut ends with a one-line note. Widget messages are ignored (no widget state is
+    kept), and a late output after a cell's reply never fails the cell (``raise_on_iopub_timeout`` is off: a message
+    refused for its size can take the kernel's "idle" status with it).
     """
+
+    cell_output_limit = Integer(outputs.OutputLimits.cell_bytes,
+                                help="Characters of output kept per cell (text and rich data).").tag(config=True)
+    notebook_output_limit = Integer(outputs.OutputLimits.notebook_bytes,
+                                    help="Characters of output kept per notebook.").tag(config=True)
+    probe_output_limit = Integer(outputs.OutputLimits.probe_cell_bytes,
+                                 help="Characters of probe data kept per probe cell.").tag(config=True)
+    message_limit = Integer(outputs.OutputLimits.message_bytes,
+                            help="Largest message (bytes) accepted from the kernel.").tag(config=True)
+    raise_on_iopub_timeout = Bool(False, help="Fail a cell whose outputs end after its reply (off: see above).")
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         kwargs["kernel_manager_class"] = SandboxKernelManager
         super().__init__(*args, **kwargs)
         self._dead_reason: str | None = None
+        self._budget = outputs.OutputBudget(self.output_limits())
+
+    def output_limits(self) -> outputs.OutputLimits:
+        """The output bounds of this preprocessor's settings."""
+        return outputs.OutputLimits(cell_bytes=self.cell_output_limit, notebook_bytes=self.notebook_output_limit,
+                                    probe_cell_bytes=self.probe_output_limit, message_bytes=self.message_limit)
+
+    def reset_execution_trackers(self) -> None:
+        """A new notebook: a fresh output budget, and a live kernel."""
+        super().reset_execution_trackers()
+        self._dead_reason = None
+        self._budget = outputs.OutputBudget(self.output_limits())
+
+    async def async_start_new_kernel_client(self) -> t.Any:
+        """nbclient's client start, with every socket and channel bounded (:func:`tools.grading.outputs.limit_client`)
+        before it connects."""
+        assert self.km is not None
+        try:
+            self.kc = self.km.client()
+            outputs.limit_client(self.kc, self.output_limits())
+            await ensure_async(self.kc.start_channels())
+            await ensure_async(self.kc.wait_for_ready(timeout=self.startup_timeout))
+        except Exception:
+            await self._async_cleanup_kernel()
+            raise
+        self.kc.allow_stdin = False
+        await run_hook(self.on_notebook_start, notebook=self.nb)
+        return self.kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
+
+    def process_message(self, msg: dict, cell: NotebookNode, cell_index: int) -> NotebookNode | None:
+        """nbclient's message handling, after the output budget: outputs cut or dropped, widget messages ignored."""
+        kind = msg.get("msg_type", "")
+        content = msg.get("content")
+        if not isinstance(content, dict):
+            return None
+        if outputs.DROPPED in content:  # a message refused for its size
+            self._budget.dropped_message()
+            return None
+        if kind.startswith("comm"):
+            return None
+        if kind == "clear_output":
+            self._budget.clear()
+        elif kind in outputs.OUTPUT_MESSAGES:
+            if self._budget.admit(msg, probe_cell=cell.metadata.get(outputs.PROBE_FLAG) is True) is None:
+                return None
+        return super().process_message(msg, cell, cell_index)
 
     async def async_execute_cell(self, cell: NotebookNode, cell_index: int, execution_count: int | None = None,
                                  store_history: bool = True) -> NotebookNode:
@@ -136,8 +354,15 @@ class SandboxedExecute(Execute):
             if cell.cell_type == "code":
                 cell.outputs = [_error_output("KernelDied", f"not run: {self._dead_reason}")]
             return cell
+        self._budget.start_cell()
+        refused = outputs.refused_messages(self.kc)
         try:
             cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            for _ in range(outputs.refused_messages(self.kc) - refused):
+                self._budget.dropped_message()
+            note = self._budget.note()
+            if note is not None:
+                cell.outputs.append(note)
         except DeadKernelError:
             cgroup = getattr(self.km, "cgroup", None)
             oom = cgroup is not None and cgroup.oom_killed()
@@ -158,11 +383,23 @@ class SandboxedExecute(Execute):
 
 
 def autograde_preprocessors() -> list[type]:
-    """nbgrader's autograde preprocessors with :class:`SandboxedExecute` in place of ``Execute``."""
+    """nbgrader's autograde preprocessors with :class:`SandboxedExecute` in place of ``Execute``, between the judge's
+    :class:`~tools.grading.verdicts.InsertProbes` (before) and :class:`~tools.grading.verdicts.JudgeVerdicts` (after),
+    and :class:`~tools.grading.sanitize.SanitizeSubmission` just before ``SaveAutoGrades``.
+    """
     from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import SaveAutoGrades
+
+    from tools.grading.sanitize import SanitizeSubmission
+    from tools.grading.verdicts import InsertProbes, JudgeVerdicts
 
     defaults = Autograde.class_traits()["autograde_preprocessors"].default()
-    return [SandboxedExecute if cls is Execute else cls for cls in defaults]
+    out = []
+    for cls in defaults:
+        if cls is SaveAutoGrades:  # the autograded notebook, as saved and rendered, is inert
+            out.append(SanitizeSubmission)
+        out += [InsertProbes, SandboxedExecute, JudgeVerdicts] if cls is Execute else [cls]
+    return out
 
 
 def _error_output(ename: str, evalue: str) -> NotebookNode:
