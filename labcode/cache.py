@@ -29,11 +29,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from labcode.dataformat import Sample
 from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
+from labcode.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _fill(dataset: StanfordDataset, arrays: dict[str, np.memmap], size: int, pro
     """Decode, resize and write the items not done yet; ``done`` is marked only once their pixels are flushed."""
     todo = np.flatnonzero(~arrays["done"])
     pending = []
-    for count, i in enumerate(tqdm(todo, desc=f"caching {size}px", disable=not progress, unit="img"), 1):
+    for count, i in enumerate(progress_bar(todo, desc=f"caching {size}px", disable=not progress, unit="img"), 1):
         image, mask = resize_pair(*dataset.load_pair(int(i)), size)
         arrays["images"][i] = image
         arrays["masks"][i] = mask

@@ -24,6 +24,7 @@ from labcode.classes import NUM_CLASSES
 from labcode.distributed import all_reduce_sums
 from labcode.errors import LabError
 from labcode.metrics import ConfusionMatrix
+from labcode.progress import progress_bar
 
 AutocastFactory = Callable[[], AbstractContextManager]
 
@@ -235,7 +236,8 @@ class _Examples:
 
 def _progress_bar(loader: DataLoader, max_batches: int | None, desc: str, progress: bool) -> tqdm:
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    return tqdm(islice(loader, total), total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    return progress_bar(islice(loader, total), total=total, desc=desc, disable=not progress, leave=False,
+                        dynamic_ncols=True)
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,

@@ -27,10 +27,23 @@ logger = logging.getLogger(__name__)
 
 def default_datadir() -> Path:
     """The data set the course uses: ``$LABCODE_DATADIR`` (e.g. the real 2D-3D-S root on a cluster) when set,
-    otherwise the generated offline data set (created on first use)."""
+    otherwise the generated offline data set (created on first use).
+
+    Raises:
+        DatasetError: ``$LABCODE_DATADIR`` names a folder that is missing or holds no data set (its label file
+            ``assets/semantic_labels.json``); the message says what to set it to, or to unset it.
+    """
     env = os.environ.get("LABCODE_DATADIR")
     if env:
-        return Path(env)
+        root = Path(env).expanduser()
+        labels = root / "assets" / "semantic_labels.json"
+        problem = ("does not exist" if not root.exists() else "is not a folder" if not root.is_dir()
+                   else None if labels.is_file() else "holds no data set (no assets/semantic_labels.json)")
+        if problem:
+            raise DatasetError(f"LABCODE_DATADIR is set to {env}, which {problem}: set it to the root of Stanford "
+                               "2D-3D-S (the folder holding assets/ and area_1 ... area_6), or unset it to use the "
+                               "generated data set")
+        return root
     return ensure_default_dataset()
 
 

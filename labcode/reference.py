@@ -1,15 +1,15 @@
 """The course's reference model: its own "pretrained" UNet, and the CPU recipe that trains it.
 
 The handout hands students a UNet trained on areas 1, 2, 3, 4 and 6 and asks them to evaluate it on those areas and
-on 5a and 5b. There is nothing to download here: ``python -m labcode reference`` (``make reference``; ``make lab``
-runs it too) trains that model on the generated data set with :data:`CPU_RECIPE` and writes the run into
+on 5a and 5b. There is nothing to download here: ``python -m labcode reference`` (the course's ``make reference``)
+trains that model on the generated data set with :data:`CPU_RECIPE` and writes the run into
 :func:`reference_dir`, next to the generated data set and outside git::
 
     best.onnx, best.pt, last.pt           the chosen weights (ONNX and checkpoint) and the last training state
     events.*, history.json, summary.md    the training run, for TensorBoard
     reference.json                        recipe, protocol, training time, scores on the training areas, 5a and 5b
 
-Notebooks 5 and 6 and ``tools/make_figures.py`` find the model through :func:`reference_model_path`
+Notebooks 5 and 6 and the figures of the course's book find the model through :func:`reference_model_path`
 (``$LABCODE_REFERENCE_MODEL`` overrides it).
 
 **The protocol** (:data:`PROTOCOL`): the model trains on areas 1, 2, 3, 4 and 6. A tenth of their images, whole rooms

@@ -44,15 +44,15 @@ def evaluate_areas(
         ``confusion`` (K x K counts, rows are targets).
     """
     import torch
-    from tqdm.auto import tqdm
 
     from labcode.data import get_test_dataloader
+    from labcode.progress import progress_bar
 
     loader = get_test_dataloader(datadir, list(areas), img_size=img_size, batch_size=batch_size,
                                  num_workers=num_workers)
     confusion = ConfusionMatrix(NUM_CLASSES)
     images = 0
-    for batch, targets in tqdm(loader, desc=f"test {' '.join(areas)}", disable=not progress, unit="batch"):
+    for batch, targets in progress_bar(loader, desc=f"test {' '.join(areas)}", disable=not progress, unit="batch"):
         preds = check_logits(segmenter.logits(batch.numpy()), segmenter.path).argmax(axis=1)
         confusion.update(torch.from_numpy(preds.astype(np.int64)), targets)
         images += batch.shape[0]

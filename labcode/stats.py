@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from labcode.classes import NUM_CLASSES
 from labcode.errors import unknown_name
+from labcode.progress import progress_bar
 
 
 def class_histogram(dataset, *, progress: bool = True, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -29,7 +29,7 @@ def class_histogram(dataset, *, progress: bool = True, num_classes: int = NUM_CL
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     load = getattr(dataset, "load_mask", None) or (lambda i: np.asarray(dataset[i][1]))
-    for i in tqdm(range(len(dataset)), desc="class histogram", disable=not progress, unit="img"):
+    for i in progress_bar(range(len(dataset)), desc="class histogram", disable=not progress, unit="img"):
         counts += np.bincount(load(i).ravel(), minlength=num_classes)[:num_classes]
     return counts
 

@@ -12,7 +12,8 @@ Channel flow for ``num_blocks=4``, ``base_chan=64`` and an input of size H×W (a
 crops the logits back to the input size. The padding amounts are computed from the input's shape inside
 ``forward``, so the model exports to ONNX with dynamic height and width.
 
-The code between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` is what students write in notebook ``03_unet``.
+Notebook ``03_unet`` asks students to write the layers and the forward passes of these blocks, one question at a
+time, and then puts them together.
 """
 
 from __future__ import annotations

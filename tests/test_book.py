@@ -161,6 +161,8 @@ def test_the_committed_figures_are_those_the_library_draws_now(tmp_path: Path):
     assert manifest["data"] == f"generated data set, version {SYNTH_VERSION}"
     prediction = manifest["prediction"]
     assert prediction["model"] == "reference", "prediction.png must show the reference model (make reference)"
+    assert prediction.get("data", manifest["data"]) == manifest["data"], \
+        "prediction.png was drawn from another data set than the other figures: make reference && make figures"
     assert prediction["recipe"] == json.loads(json.dumps(CPU_RECIPE)), \
         "the recipe changed: make reference, then figures"
 
@@ -266,6 +268,48 @@ def test_make_figures_with_a_given_model_and_data_set(synth_root: Path, tmp_path
     total = 4 * len(AREAS)
     assert titles == [f"class frequencies over all {total} images of the data set",
                       f"class frequencies over 10 of the {total} images of the data set"]
+
+
+@pytest.mark.slow
+def test_make_figures_keeps_the_committed_prediction_without_a_reference_model(synth_root: Path, tmp_path: Path,
+                                                                                capsys, monkeypatch):
+    # A fresh clone has no reference model: the figures are redrawn, but the committed prediction figure and its
+    # entry of the manifest stay byte for byte as they are (worked on a copy), and the output says why.
+    import labcode.synth
+
+    make_figures = _load_make_figures()
+    monkeypatch.setenv("LABCODE_REFERENCE_MODEL", str(tmp_path / "no-reference.onnx"))
+    monkeypatch.delenv("LABCODE_DATADIR", raising=False)
+    monkeypatch.setattr(labcode.synth, "ensure_default_dataset", lambda progress=True: synth_root)
+    assert make_figures.find_reference_model() is None
+    out = tmp_path / "figures"
+    out.mkdir()
+    for name in ("prediction.png", "manifest.json"):
+        shutil.copy2(FIGURES_DIR / name, out / name)
+    committed = {name: (FIGURES_DIR / name).read_bytes() for name in ("prediction.png", "manifest.json")}
+
+    assert make_figures.main(["--datadir", str(synth_root), "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "prediction.png").read_bytes() == committed["prediction.png"]
+    assert (out / "manifest.json").read_bytes() == committed["manifest.json"]
+    assert "prediction       kept: no reference model" in printed and "make reference" in printed, printed
+    assert (out / "sample.png").is_file() and (out / "focal_term.png").is_file()  # the other figures are redrawn
+
+    # Drawn from another data set, the other figures' manifest entry changes; the kept prediction keeps its own.
+    monkeypatch.setattr(labcode.synth, "ensure_default_dataset", lambda progress=True: tmp_path / "elsewhere")
+    assert make_figures.main(["--datadir", str(synth_root), "--out", str(out), "--threads", "1"]) == 0
+    old, new = json.loads(committed["manifest.json"]), json.loads((out / "manifest.json").read_text())
+    assert new["data"] == str(synth_root) and new["prediction"] == {**old["prediction"], "data": old["data"]}
+    assert (out / "prediction.png").read_bytes() == committed["prediction.png"]
+
+    # With no figure to keep, none is drawn: nothing is trained for the occasion.
+    empty = tmp_path / "empty"
+    assert make_figures.main(["--datadir", str(synth_root), "--out", str(empty), "--threads", "1"]) == 0
+    assert "prediction       not drawn" in capsys.readouterr().out
+    assert not (empty / "prediction.png").exists() and "prediction" not in json.loads((empty / "manifest.json")
+                                                                                       .read_text())
+    with pytest.raises(SystemExit):
+        make_figures.main(["--out", str(empty), "--model", str(tmp_path / "missing.onnx")])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -692,3 +736,168 @@ def test_the_plain_graph_recipe_of_question_6_1_gives_the_plain_graph(tmp_path: 
     folded = Counter(node.op_type for node in onnx.load(str(folded_path)).graph.node)
     assert folded["Resize"] == 0 and folded["DepthToSpace"] == 3, folded
     assert "python -m labcode view plain.onnx" in section
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One audience per page: the students' pages speak only of what the students' distribution has
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Pages for instructors, the only ones that may speak of the course repository's own commands and folders.
+INSTRUCTOR_PAGES = {"instructors.md"}
+#: Paths the distribution does not hold but a step the pages document creates, relative to its root, with the step
+#: (each is checked against the distribution's own files by the test).
+CREATED_BY_A_STEP = {".venv": "make setup (VENV := .venv/bin in the Makefile)",
+                     "segmentation/runs": "python -m labcode train or pipeline, run in segmentation/ (logdir runs)"}
+#: Paths inside a data set root (the real Stanford 2D-3D-S or the generated one), not in the distribution.
+DATASET_PATH = re.compile(r"^(Stanford2D-3D-S|assets|area_[\w*<>.]+)(/|$)")
+#: Files named without a folder that are checked too (others, such as ``photo.jpg``, are the reader's own).
+REPOSITORY_FILE = re.compile(r"^[\w.-]+\.(py|ipynb|txt|toml|yml|yaml|cfg|sh)$|^Makefile$")
+
+
+def student_pages() -> dict[str, str]:
+    """Name -> markdown of every page students read: ``book/*.md`` and ``book/chapters/*.md`` but the instructors'
+    page, and the footer of every page (``extra_footer`` of ``_config.yml``, its ``<code>`` as backquotes)."""
+    pages = {str(path.relative_to(REPO / "book")): path.read_text(encoding="utf-8")
+             for path in sorted([*(REPO / "book").glob("*.md"), *(REPO / "book" / "chapters").glob("*.md")])
+             if path.name not in INSTRUCTOR_PAGES}
+    footer = yaml.safe_load((REPO / "_config.yml").read_text())["html"].get("extra_footer", "")
+    pages["_config.yml (footer)"] = re.sub(r"</?code>", "`", footer)
+    return pages
+
+
+def code_of(markdown: str) -> list[str]:
+    """The code a page shows: fenced blocks (the content of ``{directive}`` blocks is read as markdown, for the inline
+    code of captions and admonitions) and inline code spans, MyST roles (``{doc}`x```) left out."""
+    found: list[str] = []
+    fence = re.compile(r"^(?P<fence>`{3,}|:{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.S | re.M)
+    for block in fence.finditer(markdown):
+        if block["info"].strip().startswith("{"):
+            found += code_of(block["body"])
+        elif block["fence"].startswith("`"):
+            found.append(block["body"])
+    prose = fence.sub("\n", markdown)
+    spans = re.finditer(r"(\{[\w:-]+\})?`((?:[^`\n]|\n(?!\s*\n))+)`", prose)
+    return found + [span[2] for span in spans if not span[1]]
+
+
+def make_targets(code: str) -> list[str]:
+    return re.findall(r"(?:^|[\s;&(|$])make\s+(?:-\S+\s+)*([A-Za-z][\w.-]*)", code, re.M)
+
+
+def python_modules(code: str) -> list[tuple[str, str | None]]:
+    """``(module, first argument)`` of each ``python -m module ...`` (or ``torchrun ... -m module``) of ``code``."""
+    pattern = r"(?:\bpython[\d.]*|\btorchrun\b[^\n`]*?)\s+-m\s+([A-Za-z_][\w.]*)(?:[ \t]+([A-Za-z][\w-]*))?"
+    return [(module, argument or None) for module, argument in re.findall(pattern, code)]
+
+
+def repository_paths(code: str) -> list[str]:
+    """The paths of the course's folders a piece of code names: words with a ``/`` (URLs, absolute paths, ``~``
+    and ``$`` paths left out) and bare file names of source and configuration files."""
+    code = re.sub(r"\w+://\S+", " ", code)
+    found = []
+    for word in re.findall(r"[\w.~<>*/$-]+", code):
+        word = word.rstrip(".")
+        if "/" in word and not word.startswith(("/", "~", "$")) and not DATASET_PATH.match(word):
+            found.append(word)
+        elif "/" not in word and REPOSITORY_FILE.match(word):
+            found.append(word)
+    return found
+
+
+def _concrete(path: str) -> str:
+    """``path`` up to its first placeholder component (``runs/<run>/best.pt`` -> ``runs``)."""
+    parts = []
+    for part in path.strip("/").split("/"):
+        if any(mark in part for mark in "<>*{") or "..." in part:
+            break
+        parts.append(part)
+    return "/".join(parts)
+
+
+def missing_from(dist: Path, pages: dict[str, str]) -> list[str]:
+    """``page: what`` for each make target, module, ``labcode`` command or path of ``pages`` that the distribution
+    in ``dist`` lacks. Commands of the library run in ``segmentation/`` (where the copy of ``labcode`` is), make in
+    the distribution's root; a path is looked up from both."""
+    targets = set(re.findall(r"^([A-Za-z][\w.-]*):(?!=)", (dist / "Makefile").read_text(), re.M))
+    cli = (dist / "segmentation" / "labcode" / "cli.py").read_text()
+    commands = set(re.findall(r'^\s+"([\w-]+)": \("labcode\.commands\.', cli, re.M))
+    work = dist / "segmentation"
+
+    def module_exists(module: str) -> bool:
+        top = module.split(".")[0]
+        if top in sys.stdlib_module_names or top in {"pip", "jupyter", "tensorboard"}:
+            return True
+        base = work / Path(*module.split("."))
+        return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+    def path_exists(path: str) -> bool:
+        concrete = _concrete(path)
+        for root in (dist, work):
+            relative = os.path.relpath(os.path.normpath(root / concrete), dist)
+            if relative.startswith(".."):
+                continue
+            if (dist / relative).exists() or any(relative == made or relative.startswith(made + "/")
+                                                   for made in CREATED_BY_A_STEP):
+                return True
+        return False
+
+    problems = []
+    for name, markdown in pages.items():
+        for code in code_of(markdown):
+            problems += [f"{name}: make {target}" for target in make_targets(code) if target not in targets]
+            for module, argument in python_modules(code):
+                if not module_exists(module):
+                    problems.append(f"{name}: python -m {module}")
+                elif module == "labcode" and argument and argument not in commands and argument != "help":
+                    problems.append(f"{name}: python -m labcode {argument}")
+            problems += [f"{name}: {path}" for path in repository_paths(code) if not path_exists(path)]
+    return sorted(set(problems))
+
+
+@pytest.fixture(scope="module")
+def student_dist(tmp_path_factory) -> Path:
+    """The students' distribution built from the tracked student release, as ``make release`` builds it (a stand-in
+    file for the reference model)."""
+    from tools import distribution, release
+
+    notebooks = REPO / "notebooks" / "segmentation"
+    if not (notebooks / "labcode").is_dir():
+        pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
+    tmp = tmp_path_factory.mktemp("dist")
+    reference = tmp / "reference.onnx"
+    reference.write_bytes(b"onnx stand-in")
+    return distribution.build_distribution(notebooks, tmp / "student", reference=reference,
+                                           links=distribution.CourseLinks(),
+                                           ignore=tuple(release.load_course_config().CourseDirectory.ignore))
+
+
+def test_student_pages_name_only_what_the_distribution_has(student_dist: Path):
+    problems = missing_from(student_dist, student_pages())
+    assert not problems, ("student pages name commands or paths that the students' distribution lacks (instructor "
+                          "material goes to book/instructors.md):\n" + "\n".join(problems))
+
+
+def test_the_steps_that_create_folders_are_those_of_the_distribution(student_dist: Path):
+    # The folders the check above accepts without finding them are made by the distribution's own commands.
+    assert re.search(r"^VENV := \.venv/bin$", (student_dist / "Makefile").read_text(), re.M)
+    config = (student_dist / "segmentation" / "labcode" / "config.py").read_text()
+    assert re.search(r'^\s+logdir: str = "runs"$', config, re.M)
+    assert set(CREATED_BY_A_STEP) == {".venv", "segmentation/runs"}
+
+
+def test_the_distribution_check_finds_what_a_page_should_not_name(student_dist: Path):
+    page = {"page.md": "\n".join([
+        "Run `make setup`, then `make reference` and `make figures`.",
+        "```console\n$ make lab\n$ python -m benchmarks.bench_cpu_recipe\n$ python -m labcode pipelines\n```",
+        "Edit `labcode/unet.py` and `labcode/nowhere.py`; runs go to `runs/<run>/best.pt`, data to `data/`.",
+        "`tools/make_figures.py`, `pyproject.toml`, `../.venv/bin/python`, `~/.cache/labcode`, {doc}`tools/x`,",
+        "`assets/semantic_labels.json` and <https://example.org/a/b>; make sure you `python -m labcode.check`.",
+        ":::{admonition} Box\nSee `solutions/segmentation/03_unet.ipynb`.\n:::",
+        "```{figure} x.png\n:alt: x\n\nCaption: `make book`.\n```",
+    ])}
+    assert missing_from(student_dist, page) == sorted([
+        "page.md: make reference", "page.md: make figures", "page.md: python -m benchmarks.bench_cpu_recipe",
+        "page.md: python -m labcode pipelines", "page.md: labcode/nowhere.py", "page.md: data/",
+        "page.md: tools/make_figures.py", "page.md: pyproject.toml", "page.md: solutions/segmentation/03_unet.ipynb",
+        "page.md: make book",
+    ])

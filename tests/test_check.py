@@ -124,3 +124,31 @@ def test_self_check_selects_a_notebook(capsys):
     assert "is not a student copy" in out
     assert check.main(["--notebook", "99"]) == 2
     assert "no exercise for notebook '99'" in capsys.readouterr().err
+
+
+def test_a_valid_pipeline_with_colour_transforms_passes_the_augmentation_check_without_warnings(monkeypatch):
+    # The check's images are in colour, so that colour transforms run as on the data set: no warning (an albucore
+    # UserWarning about grey images looked like a fault) and the check passes.
+    import warnings
+
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from labcode import transforms
+    from labcode.check import check_augmentation
+
+    def colourful(img_size: int) -> A.Compose:
+        return A.Compose([
+            A.RandomResizedCrop(size=(img_size, img_size), scale=(0.5, 1.0), mask_interpolation=0),
+            A.HorizontalFlip(p=0.5),
+            A.HueSaturationValue(p=1.0),
+            A.RGBShift(p=0.5),
+            A.ColorJitter(p=0.5),
+            A.Normalize(mean=transforms.MEAN, std=transforms.STD, max_pixel_value=255.0),
+            ToTensorV2(),
+        ])
+
+    monkeypatch.setattr(transforms, "train_transforms", colourful)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_augmentation()

@@ -137,7 +137,9 @@ def test_every_notebook_starts_with_the_same_kind_of_setup():
         assert nbgrader(cell) == {"grade": False, "grade_id": "setup", "locked": True, "schema_version": 3,
                                   "solution": False, "task": False}, stem
         setup = cell.source
-        assert setup.index("sys.path.insert(0, os.getcwd())") < setup.index("import labcode"), stem
+        # outside the folder holding labcode/, a message saying where to open the notebook, before any import of it
+        assert setup.index('if not os.path.isfile(os.path.join("labcode", "__init__.py")):\n    raise ') < \
+            setup.index("sys.path.insert(0, os.getcwd())") < setup.index("import labcode"), stem
         assert setup.index("import labcode") < setup.index(
             'if [os.path.realpath(path) for path in labcode.__path__] != [MY_LABCODE]:\n    raise ImportError('), stem
         assert 'GRADING = bool(os.environ.get("NBGRADER_EXECUTION"))' in setup

@@ -2,9 +2,16 @@
 
 ``make release`` writes it to ``dist/student/`` after the nbgrader release:
 
-    README.md          for students: the two set-up commands, the data, the self-check, handing in
-    Makefile           setup (virtual environment with requirements.txt, then the generated data set), lab, check
-    requirements.txt   the notebooks' packages (requirements-student.txt): never the course library
+    README.md          for students: the set-up commands, the data, the self-check, handing in
+    Makefile           setup (virtual environment with requirements.txt, then the generated data set), setup-gpu (the
+                       same with requirements-gpu.txt), lab, check
+    requirements.txt   the notebooks' packages for a machine without an NVIDIA GPU: PyTorch's CPU build, the CPU
+                       ONNX Runtime
+    requirements-gpu.txt  the same packages with PyTorch's CUDA build and ONNX Runtime's GPU build (the cluster);
+                       both are written from requirements-student.txt (:func:`student_requirements`), never with
+                       the course library
+    labcode.py         a stand-in that stops ``python -m labcode...`` run here with a message: the library is in
+                       segmentation/, where the notebooks and commands run
     segmentation/      the student release of the assignment (notebooks and the stripped labcode/)
     reference/         the course's reference model, when it has been trained (make reference)
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +88,49 @@ def reference_model() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+#: Where pip finds PyTorch's CPU builds (``torch==<version>+cpu`` for Linux and Windows; macOS has only those).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+_HEADERS = {
+    "cpu": ("# The lab's Python packages for a machine without an NVIDIA GPU (a laptop, say): PyTorch's CPU build,\n"
+            "# from PyTorch's own index, and the CPU ONNX Runtime. `make setup` installs them into .venv.\n"
+            f"--extra-index-url {TORCH_CPU_INDEX}\n"),
+    "gpu": ("# The lab's Python packages for a machine with an NVIDIA GPU (the cluster): PyTorch's CUDA build and, on\n"
+            "# Linux x86-64, ONNX Runtime's GPU build (it runs on the CPU too). `make setup-gpu` installs them into\n"
+            "# .venv.\n"),
+}
+
+
+def student_requirements(source: str, build: str, name: str = "requirements-student.txt") -> str:
+    """The students' requirements file for one ``build`` (``"cpu"`` or ``"gpu"``) from the notebooks' packages.
+
+    ``source`` pins ``torch==<version>``, ``onnxruntime-gpu`` (Linux x86-64) and ``onnxruntime`` (elsewhere), as
+    the instructors' and grading environments install them: that is the GPU file. The CPU file asks for
+    ``torch==<version>+cpu`` (PyTorch's index; macOS wheels have no such label) and the plain ``onnxruntime``
+    everywhere. Whole-line comments of ``source`` are left out (they speak of its other uses); a header says which
+    build the file installs.
+
+    Raises:
+        DistributionError: ``source`` lacks one of those pins (``name`` is named).
+    """
+    if build not in _HEADERS:
+        raise DistributionError(f"unknown build {build!r}: cpu or gpu")
+    lines = [line for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    torch = [line for line in lines if re.fullmatch(r"torch==[\w.]+", line.strip())]
+    ort_gpu = [line for line in lines if line.startswith("onnxruntime-gpu==")]
+    ort_cpu = [re.match(r"onnxruntime==([\w.]+)", line) for line in lines]
+    ort_cpu = [match for match in ort_cpu if match]
+    if len(torch) != 1 or len(ort_gpu) != 1 or len(ort_cpu) != 1:
+        raise DistributionError(f"{name} should pin torch==<version> once, and onnxruntime-gpu and onnxruntime once "
+                                "each: cannot write the CPU and GPU requirements from it")
+    if build == "cpu":
+        version = torch[0].strip().split("==")[1]
+        lines = [f'torch=={version}+cpu; sys_platform != "darwin"\ntorch=={version}; sys_platform == "darwin"'
+                 if line == torch[0] else f"onnxruntime=={ort_cpu[0].group(1)}" if line == ort_cpu[0].string
+                 else line for line in lines if line != ort_gpu[0]]
+    return _HEADERS[build] + "\n".join(lines) + "\n"
+
+
 def render_readme(links: CourseLinks, has_reference: bool) -> str:
     text = (TEMPLATES / "README.md").read_text()
     reference_note = "`reference/unet_reference.onnx`, evaluated in notebook 6" if has_reference else \
@@ -107,10 +158,12 @@ def build_distribution(release: Path, dest: Path = DIST, *, reference: Path | No
         staging = Path(tmp) / "student"
         shutil.copytree(release, staging / ASSIGNMENT, ignore=lambda folder, names: [
             n for n in names if any(fnmatch.fnmatch(n, pattern) for pattern in ignore)])
-        header = "# GENERATED by tools/distribution.py from requirements-student.txt: the notebooks' packages.\n"
-        (staging / "requirements.txt").write_text(header + (REPO / "requirements-student.txt").read_text())
+        packages = (REPO / "requirements-student.txt").read_text()
+        (staging / "requirements.txt").write_text(student_requirements(packages, "cpu"))
+        (staging / "requirements-gpu.txt").write_text(student_requirements(packages, "gpu"))
         (staging / "README.md").write_text(render_readme(links, reference is not None))
         shutil.copyfile(TEMPLATES / "Makefile", staging / "Makefile")
+        shutil.copyfile(TEMPLATES / "labcode.py", staging / "labcode.py")
         shutil.copyfile(TEMPLATES / "gitignore", staging / ".gitignore")
         if reference is not None:
             (staging / "reference").mkdir()

@@ -16,12 +16,12 @@ from typing import Mapping, NamedTuple
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 import labcode
 from labcode.classes import AREAS
 from labcode.dataformat import LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, UNKNOWN_ENTRY
 from labcode.errors import DatasetError, LabError
+from labcode.progress import progress_bar
 from labcode.synth.layout import plan_area
 from labcode.synth.params import DEFAULT_SYNTH, SYNTH_VERSION, SynthParams
 from labcode.synth.render import _misregister, render_frame
@@ -140,7 +140,7 @@ def _write_into(tmp: Path, areas, counts, size: int, seed: int, workers: int, pr
         for kind in ("rgb", "semantic"):
             (tmp / f"area_{area}" / "data" / kind).mkdir(parents=True)
     (tmp / LABELS_JSON).write_text(json.dumps(entries))
-    with tqdm(total=len(tasks), desc="generating scenes", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(tasks), desc="generating scenes", unit="img", disable=not progress) as bar:
         if workers <= 1 or not _spawn_safe():
             for task in tasks:
                 bar.update(_render_task(task))
