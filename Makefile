@@ -35,7 +35,8 @@ test-fast: setup
 release: setup
 	$(VENV)/python tools/release.py
 
-## Figures of the book (the prediction figure uses the reference model when it exists), then the book itself.
+## Figures of the book, then the book itself. The prediction figure is redrawn from the reference model (make
+## reference); without it, the committed one is kept as it is.
 figures: setup
 	$(VENV)/python tools/make_figures.py
 

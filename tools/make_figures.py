@@ -15,19 +15,20 @@ reference model's recipe and data set (``make figures`` after ``make reference``
     prediction.png        held-out images with their ground truth and a model's prediction
 
 The prediction comes from a model file given with ``--model`` (an ONNX export or a training checkpoint), else from the
-course's reference model when it exists (``python -m labcode reference``, found through
-``labcode.reference.reference_model_path``), else from a small UNet trained here for ``--train-seconds`` on the CPU
-(about 45 s).
+course's reference model (``make reference``, found through ``labcode.reference.reference_model_path``). Without
+either (a fresh clone), the prediction figure already in the output folder is kept as it is, with the prediction
+entry of ``manifest.json``, and the output says so: a committed figure is never replaced by a worse one.
 The data set is ``--datadir``, else ``$LABCODE_DATADIR``, else the generated default data set (made on first use).
 
 Usage::
 
-    python tools/make_figures.py [--out DIR] [--datadir DIR] [--model FILE] [--train-seconds S] [--threads N]
+    python tools/make_figures.py [--out DIR] [--datadir DIR] [--model FILE] [--threads N] [--skip-prediction]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -84,9 +85,28 @@ def sample_figures(datadir: Path, out: Path, *, img_size: int, seed: int) -> lis
     pipeline = train_transforms(img_size)
     pipeline.set_random_seed(seed)  # albumentations 2.x draws from the pipeline's own generator
     aug_image, aug_mask = PairedTransform(pipeline)(image, mask)
-    augmented = plot_sample(image, mask, augmented=(denormalize(aug_image), aug_mask.numpy()),
-                            title=f"training augmentation ({img_size}x{img_size} crop)")
+    augmented = augmentation_grid(image, mask, denormalize(aug_image), aug_mask.numpy(),
+                                  title=f"training augmentation ({img_size}x{img_size} crop)")
     return [save(sample, out / "sample.png"), save(augmented, out / "augmentation.png")]
+
+
+def augmentation_grid(image: np.ndarray, mask: np.ndarray, aug_image: np.ndarray, aug_mask: np.ndarray,
+                      title: str) -> Figure:
+    """The original pair on the first row, the augmented pair on the second, the class legend beside them: a
+    figure compact enough to be read at the width of a page."""
+    from labcode.viz import colorize, legend_handles
+
+    fig = Figure(figsize=(8.4, 6.4), layout="constrained")
+    axes = fig.subplots(2, 2)
+    panels = [("image", image), ("label map", colorize(mask)),
+              ("augmented image", aug_image), ("augmented label map", colorize(aug_mask))]
+    for ax, (name, picture) in zip(axes.flat, panels):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(name, fontsize=11)
+        ax.axis("off")
+    fig.legend(handles=legend_handles(), loc="outside right center", ncol=1, fontsize=10, frameon=False)
+    fig.suptitle(title, fontsize=12)
+    return fig
 
 
 def histogram_figure(datadir: Path, out: Path, *, max_images: int | None) -> list[Path]:
@@ -220,13 +240,19 @@ def unet_diagram(rows: Sequence[dict], size: int) -> Figure:
         ax.text(x, y - 0.16, f"{channels} × {side}²", ha="center", va="center", fontsize=8, weight="bold")
     for k in range(len(rows) - 1):
         (x0, y0), (x1, y1) = positions[k], positions[k + 1]
-        going_down, going_up = y1 < y0, y1 > y0
-        label = "max-pool" if going_down else "upsample" if going_up else ""
-        ax.add_patch(FancyArrowPatch((x0 + width / 2, y0), (x1 - width / 2, y1), arrowstyle="-|>",
-                                     mutation_scale=10, linewidth=1.0, color="black"))
-        if label:
-            ax.text((x0 + x1) / 2 + (0.12 if going_down else -0.12), (y0 + y1) / 2, label, fontsize=7, color="dimgray",
-                    ha="left" if going_down else "right")
+        if y1 == y0:  # same level: from one box's side to the next one's
+            start, end = (x0 + width / 2, y0), (x1 - width / 2, y1)
+        else:  # between levels: from a box's bottom (or top) to the next one's top (or bottom), in the gap between
+            # the rows, so that neither the arrow nor its label crosses the text of a box
+            sign = -1 if y1 < y0 else 1
+            start, end = (x0 + width / 3, y0 + sign * height / 2), (x1 - width / 3, y1 - sign * height / 2)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, linewidth=1.0,
+                                     color="black", shrinkA=1, shrinkB=1))
+        if y1 != y0:
+            going_down = y1 < y0
+            ax.text(start[0] - 0.08 if going_down else end[0] + 0.08, (y0 + y1) / 2,
+                    "max-pool" if going_down else "upsample", fontsize=7, color="dimgray", va="center",
+                    ha="right" if going_down else "left")
     for k, row in enumerate(rows):
         if row["skip"] is None:
             continue
@@ -260,34 +286,6 @@ def unet_figures(out: Path) -> list[Path]:
 # Example prediction
 # --------------------------------------------------------------------------------------------------------------------
 
-def train_small_unet(datadir: Path, *, seconds: float, img_size: int, seed: int) -> tuple[torch.nn.Module, int]:
-    """The model, optimiser and batch size of the CPU recipe (:data:`labcode.reference.CPU_RECIPE`), trained with its
-    loss but without class weights on the training areas for about ``seconds`` of wall time.
-
-    Returns:
-        The model in eval mode and the number of optimisation steps it took.
-    """
-    from labcode.data import get_dataloaders
-    from labcode.engine import train_one_epoch
-    from labcode.losses import build_loss
-    from labcode.models import build_model
-
-    torch.manual_seed(seed)
-    train_loader, _ = get_dataloaders(datadir, list(TRAIN_AREAS), None, img_size=img_size,
-                                      batch_size=CPU_RECIPE["batch_size"], num_workers=0, seed=seed)
-    model = build_model(CPU_RECIPE["model"], NUM_CLASSES, **CPU_RECIPE["model_options"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=CPU_RECIPE["lr"], weight_decay=CPU_RECIPE["weight_decay"])
-    criterion = build_loss(CPU_RECIPE["loss"])
-    deadline = time.monotonic() + seconds
-    epoch = steps = 0
-    while time.monotonic() < deadline:
-        result = train_one_epoch(model, criterion, optimizer, train_loader, torch.device("cpu"), progress=False,
-                                 should_stop=lambda: time.monotonic() >= deadline, epoch=epoch)
-        steps += result["batches"]
-        epoch += 1
-    return model.eval(), steps
-
-
 def predict_with_file(model_path: Path, images: np.ndarray, img_size: int) -> np.ndarray:
     """Class maps of ``images`` from a model file (ONNX or checkpoint), predicted on copies at most ``img_size``.
 
@@ -304,11 +302,9 @@ def predict_with(segmenter, images: np.ndarray, img_size: int) -> np.ndarray:
     return np.stack([segmenter.predict(image, max_size=img_size) for image in images])
 
 
-def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seconds: float, img_size: int,
-                      seed: int, items: int = 3) -> list[Path]:
+def prediction_figure(datadir: Path, out: Path, *, model_path: Path, img_size: int, items: int = 3) -> list[Path]:
     """``prediction.png``: held-out images of area 5a (evenly spaced: chosen by position, not by score), their ground
-    truth and the prediction."""
-    from labcode.infer import TorchSegmenter
+    truth and the prediction of the model in ``model_path`` (ONNX or checkpoint)."""
     from labcode.metrics import ConfusionMatrix
     from labcode.viz import plot_predictions
 
@@ -316,19 +312,12 @@ def prediction_figure(datadir: Path, out: Path, *, model_path: Path | None, seco
     picks = np.unique(np.linspace(0, len(dataset) - 1, items + 2).astype(int)[1:-1])
     images = np.stack([dataset.load_image(i) for i in picks])
     targets = np.stack([dataset.load_mask(i) for i in picks]).astype(np.int64)
-    if model_path is not None:
-        preds = predict_with_file(model_path, images, img_size)
-        source = "the reference model" if model_path == find_reference_model() else model_path.name
-        scores = model_path.with_name("reference.json")
-        if source == "the reference model" and scores.is_file():
-            import json
-
-            macro_f1 = json.loads(scores.read_text())["scores"]["5a+5b"]["macro_f1"]
-            source += f" (macro F1 {macro_f1:.2f} on all of 5a + 5b)"
-    else:
-        model, steps = train_small_unet(datadir, seconds=seconds, img_size=img_size, seed=seed)
-        preds = predict_with(TorchSegmenter.from_model(model, "cpu"), images, img_size)
-        source = f"small UNet after {steps} steps ({seconds:.0f} s on a CPU)"
+    preds = predict_with_file(model_path, images, img_size)
+    source = "the reference model" if model_path == find_reference_model() else model_path.name
+    scores = model_path.with_name("reference.json")
+    if source == "the reference model" and scores.is_file():
+        macro_f1 = json.loads(scores.read_text())["scores"]["5a+5b"]["macro_f1"]
+        source += f" (macro F1 {macro_f1:.2f} on all of 5a + 5b)"
     confusion = ConfusionMatrix(NUM_CLASSES)
     confusion.update(torch.from_numpy(preds), torch.from_numpy(targets))
     fig = plot_predictions(images, targets, preds, max_items=items)
@@ -347,20 +336,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--datadir", type=Path, default=None,
                         help="data set root (default: $LABCODE_DATADIR or the generated data set)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="ONNX model or checkpoint for the prediction figure (default: the reference model if "
-                        "it exists, else a small UNet trained here)")
-    parser.add_argument("--train-seconds", type=float, default=45.0,
-                        help="training time of the small UNet, in seconds (default: 45)")
+                        help="ONNX model or checkpoint for the prediction figure (default: the reference model; "
+                        "without one, the prediction figure of the output folder is kept)")
     parser.add_argument("--img-size", type=int, default=CPU_RECIPE["img_size"],
-                        help="side of the training crops and of the prediction input (default: the CPU recipe's, "
-                        f"{CPU_RECIPE['img_size']})")
+                        help="side of the images the model sees in the prediction figure (default: the CPU "
+                        f"recipe's training crops, {CPU_RECIPE['img_size']})")
     parser.add_argument("--max-images", type=int, default=None,
                         help="at most this many images for the class histogram (default: all of them)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-prediction", action="store_true",
                         help="draw every figure but the prediction (no model needed)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model {args.model}: no such file")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,7 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     datadir = args.datadir if args.datadir is not None else default_datadir()
     model = args.model if args.model is not None else find_reference_model()
     args.out.mkdir(parents=True, exist_ok=True)
-    prediction = {"model": "none"}
     steps = [
         ("data samples", lambda: sample_figures(datadir, args.out, img_size=256, seed=args.seed)),
         ("areas", lambda: areas_table(datadir, args.out)),
@@ -377,46 +366,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("focal term", lambda: focal_figure(args.out)),
         ("UNet shapes", lambda: unet_figures(args.out)),
     ]
-    if not args.skip_prediction:
-        prediction = prediction_source(model)
+    if not args.skip_prediction and model is not None:
         steps.append(("prediction", lambda: prediction_figure(datadir, args.out, model_path=model,
-                                                              seconds=args.train_seconds, img_size=args.img_size,
-                                                              seed=args.seed)))
+                                                              img_size=args.img_size)))
     start = time.monotonic()
     for name, step in steps:
         t0 = time.monotonic()
         written = step()
         print(f"{name:<16} {time.monotonic() - t0:5.1f} s  " + ", ".join(str(p.relative_to(args.out)) for p in written))
     if not args.skip_prediction:
-        write_manifest(args.out, datadir, prediction)
+        if model is None:
+            print(keep_prediction(args.out))
+        write_manifest(args.out, datadir, None if model is None else prediction_source(model))
     print(f"figures written to {args.out} in {time.monotonic() - start:.1f} s (data: {datadir})")
     return 0
 
 
-def prediction_source(model: Path | None) -> dict:
-    """What the prediction figure comes from: the reference model (its recipe, data set and file), another file,
-    or a small UNet trained here."""
+def keep_prediction(out: Path) -> str:
+    """What happens to the prediction figure without a model: the one in ``out`` is kept, never redrawn from a
+    model trained for the occasion. Returns the line to print."""
+    how = "run `make reference`, then `make figures`, to redraw it"
+    if (out / "prediction.png").is_file():
+        return f"prediction       kept: no reference model, so {out / 'prediction.png'} stays as it is ({how})"
+    return f"prediction       not drawn: no reference model and no prediction.png in {out} ({how})"
+
+
+def prediction_source(model: Path) -> dict:
+    """What the prediction figure comes from: the reference model (its recipe, data set and file) or another
+    file."""
     import hashlib
 
-    if model is None:
-        return {"model": "small UNet trained by make_figures"}
     digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     if model == find_reference_model():
         return {"model": "reference", "recipe": CPU_RECIPE, "sha256": digest}
     return {"model": Path(model).name, "sha256": digest}
 
 
-def write_manifest(out: Path, datadir: Path, prediction: dict) -> Path:
-    """``manifest.json``: the data set and the model the figures were drawn from."""
-    import json
-
+def write_manifest(out: Path, datadir: Path, prediction: dict | None) -> Path:
+    """``manifest.json``: the data set and the model the figures were drawn from. ``prediction`` ``None`` means the
+    prediction figure was kept: its entry is carried over from the manifest already in ``out`` (none if there is no
+    such manifest), so that a kept figure keeps its description."""
     from labcode.synth import SYNTH_VERSION, ensure_default_dataset
+
+    path = out / "manifest.json"
+    old: dict = {}
+    if prediction is None and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as err:
+            raise SystemExit(f"{path} is not valid JSON ({err}): fix or remove it") from None
 
     default = not os.environ.get("LABCODE_DATADIR") and Path(datadir).resolve() == \
         Path(ensure_default_dataset(progress=False)).resolve()
-    manifest = {"data": f"generated data set, version {SYNTH_VERSION}" if default else str(datadir),
-                "prediction": prediction}
-    path = out / "manifest.json"
+    manifest = {"data": f"generated data set, version {SYNTH_VERSION}" if default else str(datadir)}
+    if prediction is None and old.get("prediction") is not None:
+        prediction = dict(old["prediction"])
+        if old.get("data") not in (None, manifest["data"]):  # the kept figure shows the data it was drawn from
+            prediction.setdefault("data", old["data"])
+    if prediction is not None:
+        manifest["prediction"] = prediction
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return path
 
