@@ -93,6 +93,9 @@ def test_correct_work_gets_full_marks_in_the_instructors_and_in_the_students_own
         assert results[student]["status"] == "graded"
         got = auto_grades(course, student)
         assert {g["notebook"] for g in got.values()} == set(STEMS), "every notebook has autograded tests"
+        # Without a hidden test set the model is not scored: its cell gets 0 and says why, nothing else is lost.
+        assert got.pop("test_model_export")["score"] == 0
+        assert "Not scored" in output_text(cell_outputs(course, student, "05_training", "test_model_export"))
         lost = {k: g for k, g in got.items() if g["score"] != g["max"]}
         assert not lost, f"{student} lost points: {lost}"
     # The final table: students, mean score per notebook.
