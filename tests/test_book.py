@@ -62,6 +62,12 @@ def _copy_sources(dest: Path, links: str | None = None) -> Path:
                     ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"))
     shutil.copytree(REPO / "notebooks", dest / "notebooks",
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "data", "runs"))
+    # what the build takes the students' download from (book/_ext/student_download.py): the distribution's builder
+    # and templates, the library it imports, the notebooks' packages and the course's ignore patterns
+    shutil.copytree(REPO / "tools", dest / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "labcode", dest / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements-student.txt", "nbgrader_config.py"):
+        shutil.copy2(REPO / name, dest / name)
     return dest / "book"
 
 
@@ -320,7 +326,7 @@ def test_make_figures_keeps_the_committed_prediction_without_a_reference_model(s
 def test_every_toc_page_and_notebook_is_built(site: Path):
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
     files = _toc_files(toc)
-    expected = ["intro", "setup", "instructors", *CHAPTERS, "serving", "bibliography"]
+    expected = ["intro", "setup", "notation", "instructors", *CHAPTERS, "serving", "bibliography"]
     expected += [f"segmentation/{name}" for name in NOTEBOOKS]
     assert sorted(files) == sorted(expected), "the table of contents changed: update the test and the site"
     for name in files:
@@ -378,6 +384,8 @@ def test_links_set_in_course_yml_give_launch_and_repository_buttons(tmp_path: Pa
     assert repo_buttons, "no repository button"
     setup = _squash(_soup(html / "setup.html").get_text())
     assert f"git clone {repository} segmentation-lab" in setup
+    # with a repository to clone, no archive of the distribution is offered nor built
+    assert not _download_links(html / "setup.html") and not list(html.rglob(DOWNLOAD))
 
 
 @pytest.mark.slow
@@ -901,3 +909,155 @@ def test_the_distribution_check_finds_what_a_page_should_not_name(student_dist: 
         "page.md: tools/make_figures.py", "page.md: pyproject.toml", "page.md: solutions/segmentation/03_unet.ipynb",
         "page.md: make book",
     ])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the site gives a learner: the distribution to download, a notation page, hints under the questions
+# --------------------------------------------------------------------------------------------------------------------
+
+#: The archive of the students' distribution that the setup page offers when course.yml names no repository.
+DOWNLOAD = "segmentation-lab.zip"
+
+
+def _download_links(page: Path) -> list[str]:
+    return [a["href"] for a in _soup(page).select("article a[href]") if a["href"].endswith(DOWNLOAD)]
+
+
+@pytest.mark.slow
+def test_with_no_repository_the_setup_page_offers_the_distribution_to_download(site: Path, tmp_path: Path):
+    import zipfile
+
+    from tools.leaks import find_leaks
+
+    links = _download_links(site / "setup.html")
+    assert len(links) == 1, f"the setup page should link the distribution once: {links}"
+    archive = (site / links[0]).resolve()
+    assert archive.is_file() and archive.is_relative_to(site.resolve() / "_downloads"), links[0]
+    setup = _squash(_soup(site / "setup.html").get_text())
+    assert f"by downloading {DOWNLOAD} and unzipping it" in setup, setup[:800]
+
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path)
+    root = "segmentation-lab/"
+    assert all(name.startswith(root) for name in names), sorted(names)[:5]
+    for name in NOTEBOOKS:  # every notebook, as released
+        released = REPO / "notebooks" / "segmentation" / f"{name}.ipynb"
+        assert (tmp_path / root / "segmentation" / f"{name}.ipynb").read_bytes() == released.read_bytes(), name
+    library = sorted(p.relative_to(REPO / "notebooks").as_posix()
+                     for p in (REPO / "notebooks" / "segmentation" / "labcode").rglob("*.py"))
+    missing = [path for path in library if root + path not in names]
+    assert len(library) > 20 and not missing, f"labcode/ files missing from the archive: {missing}"
+    for top in ("README.md", "Makefile", "requirements.txt", "requirements-gpu.txt", "labcode.py", ".gitignore"):
+        assert root + top in names, top
+    assert re.search(r"^setup:", (tmp_path / root / "Makefile").read_text(), re.M)
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")
+                or "solutions/" in name or "/tools/" in name], sorted(names)
+    assert not find_leaks(tmp_path), "solution lines in the downloadable distribution"
+
+
+def test_the_download_archive_holds_the_release_and_leaves_out_caches(tmp_path: Path):
+    # The archive builder of the book, on a tree laid out as the repository: the release's files go in under
+    # segmentation-lab/, caches and a student's outputs stay out, and the same sources give the same bytes.
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("student_download", REPO / "book" / "_ext" / "student_download.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = tmp_path / "repo"
+    for name in ("tools", "labcode"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements-student.txt", "nbgrader_config.py", "course.yml"):
+        shutil.copy2(REPO / name, root / name)
+    release = root / "notebooks" / "segmentation"
+    shutil.copytree(REPO / "notebooks" / "segmentation", release,
+                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "data", "runs"))
+    for junk in ("runs/run1/best.pt", "labcode/__pycache__/unet.cpython-311.pyc", ".ipynb_checkpoints/x.ipynb",
+                 "data/cache.npy"):
+        (release / junk).parent.mkdir(parents=True, exist_ok=True)
+        (release / junk).write_bytes(b"x")
+    first = module.build_archive(root, tmp_path / "a" / module.ARCHIVE)
+    names = zipfile.ZipFile(first).namelist()
+    assert "segmentation-lab/segmentation/03_unet.ipynb" in names
+    assert "segmentation-lab/segmentation/labcode/unet.py" in names
+    assert not [n for n in names if any(part in n for part in ("runs/", "__pycache__", "checkpoints", "data/"))], names
+    second = module.build_archive(root, tmp_path / "b" / module.ARCHIVE)
+    assert first.read_bytes() == second.read_bytes(), "the archive changes from one build to the next"
+    shutil.rmtree(release / "labcode")
+    with pytest.raises(module.DownloadError, match="no student release"):
+        module.build_archive(root, tmp_path / "c" / module.ARCHIVE)
+
+
+#: Symbols the notation page must explain: the TeX of each, as the chapters write it.
+NOTATION_SYMBOLS = ["K", "B", "H", "W", "N", "S", "z_{i,k}", "\\hat{p}_{i,k}", "y_i", "f_k", "w_k", "\\gamma",
+                    "\\beta", "TP_k", "FP_k", "FN_k", "F1_k", "macro-", "IoU_k", "C_{jk}", "\\mathcal{L}_{wCE}",
+                    "\\mathcal{L}_{focal}", "c_0"]
+
+
+def test_the_notation_page_explains_the_chapters_symbols_and_links_each():
+    page = (REPO / "book" / "notation.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| $") or line.startswith("| macro")]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    symbols = " ".join(row[0] for row in cells)
+    missing = [symbol for symbol in NOTATION_SYMBOLS if symbol not in symbols]
+    assert not missing, f"symbols the notation page does not explain: {missing}"
+    definitions = [row for row in cells if len(row) == 3 and "{" in row[2]]
+    assert len(definitions) >= len(NOTATION_SYMBOLS) - 3, "each symbol links to where it is defined"
+    # the symbols are those of the chapters: each of these TeX strings is written in at least one chapter
+    chapters = "\n".join(p.read_text() for p in sorted((REPO / "book" / "chapters").glob("*.md")))
+    for symbol in ("TP_k", "F1_k", "IoU_k", "w_k", "\\gamma", "\\hat{p}_{i,k}", "y_i", "C_{jk}", "c_0",
+                   "\\mathcal{L}_{wCE}"):
+        assert symbol in chapters, f"{symbol} is not a symbol of the chapters"
+    labels = set(re.findall(r"^\(([\w-]+)\)=$", chapters, re.M))
+    targets = set(re.findall(r"\{ref\}`[^`<]*<([\w-]+)>`", page))
+    assert targets and targets <= labels | {"notation-losses"}, f"links to no label: {targets - labels}"
+
+
+@pytest.mark.slow
+def test_the_notation_page_links_resolve_and_sits_with_the_chapters(site: Path):
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    parts = {part["caption"]: _toc_files(part) for part in toc["parts"]}
+    assert "notation" in parts["The lab"]
+    article = _soup(site / "notation.html").select_one("article")
+    hrefs = [a["href"] for a in article.find_all("a", href=True)]
+    into_chapters = [href for href in hrefs if href.startswith("chapters/") and "#" in href]
+    assert len(into_chapters) >= 15, hrefs
+    assert article.select("table") and "\\gamma" in article.get_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_question_of_a_chapter_has_a_collapsed_hint(site: Path, chapter: str):
+    # Each "Question N.M" paragraph is followed by a hint, collapsed (the dropdown class of sphinx-togglebutton).
+    article = _soup(site / f"{chapter}.html").select_one("article")
+    questions = [p for p in article.find_all("p") if re.match(r"Questions? \d+\.\d+", p.get_text(" ", strip=True))]
+    assert questions, f"{chapter} poses no question"
+    for question in questions:
+        box = question.find_next_sibling()
+        while box is not None and box.name not in ("div", "p", "section"):
+            box = box.find_next_sibling()
+        title = question.get_text(" ", strip=True)[:40]
+        assert box is not None and box.name == "div", f"{chapter}: no hint after {title!r}"
+        classes = box.get("class", [])
+        assert "admonition" in classes and "dropdown" in classes, f"{chapter}: {title!r} is followed by {classes}"
+        assert box.select_one(".admonition-title").get_text(strip=True) == "Hint", title
+        assert len(_squash(box.get_text(" "))) > 60, f"{chapter}: the hint of {title!r} is empty"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_hints_are_collapsed_until_clicked(site: Path, served_site: str, chromium):
+    # sphinx-togglebutton folds every hint: its text shows only once the reader clicks its title.
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(chromium, served_site + "chapters/metrics.html")
+    wait = WebDriverWait(chromium, 30)
+    hints = "div.admonition.dropdown"
+    wait.until(lambda d: d.find_elements("css selector", hints + ".toggle-hidden"))
+    boxes = chromium.find_elements("css selector", hints)
+    assert len(boxes) == 3, f"metrics poses 3 questions, found {len(boxes)} hints"
+    text = boxes[0].find_element("css selector", "p:not(.admonition-title)")
+    assert not text.is_displayed(), "the hint shows before it is asked for"
+    boxes[0].find_element("css selector", ".admonition-title").click()
+    wait.until(lambda d: text.is_displayed())
+    assert "pixels" in text.text
