@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from labcode.check import CHECKS
-from tests.course import write_library
+from tests.course import OWN_LIBRARY, write_library
 from tools import release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,3 +152,203 @@ def test_a_valid_pipeline_with_colour_transforms_passes_the_augmentation_check_w
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_augmentation()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Expected values instead of answers (labcode/check_data/)
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_the_stored_expected_values_are_what_the_library_computes_now():
+    """The data files cannot go stale: computed again from the complete library, they hold the same values."""
+    import numpy as np
+
+    from labcode.check import CHECK_DATA, CHECK_DATA_NAMES, check_data
+
+    assert {p.name for p in CHECK_DATA.glob("*")} == {f"{name}.npz" for name in CHECK_DATA_NAMES}
+    for name in CHECK_DATA_NAMES:
+        path = CHECK_DATA / f"{name}.npz"
+        assert path.stat().st_size < 8_000, f"{path} is larger than a few KB"
+        fresh = check_data(name)
+        with np.load(path) as stored:
+            assert set(stored.files) == set(fresh), f"{path}: run labcode.check.write_check_data() again"
+            for key, value in fresh.items():
+                assert stored[key].shape == value.shape and stored[key].dtype == value.dtype, (path, key)
+                assert np.allclose(stored[key], value, rtol=1e-5, atol=1e-6), \
+                    f"{path}[{key!r}] is stale: run labcode.check.write_check_data() again"
+
+
+def test_write_check_data_writes_every_file(tmp_path):
+    from labcode.check import CHECK_DATA_NAMES, write_check_data
+
+    written = write_check_data(tmp_path / "data")
+    assert [p.name for p in written] == [f"{name}.npz" for name in CHECK_DATA_NAMES]
+    assert all(p.is_file() for p in written)
+
+
+def test_a_missing_data_file_is_reported_by_name(monkeypatch, tmp_path):
+    from labcode import check
+
+    monkeypatch.setattr(check, "CHECK_DATA", tmp_path)
+    outcome = check.run_check(next(c for c in check.CHECKS if c.run is check.check_class_weights))
+    assert outcome.status == "error"
+    assert f"{tmp_path / 'class_weights.npz'} is missing" in outcome.message
+
+
+def _student_copy(tmp_path: Path, own: dict[str, str] | None) -> Path:
+    """A student folder with a copy of the current library (not the generated release) and exercises written."""
+    work = tmp_path / "segmentation"
+    release.release_library(REPO / "labcode", work / "labcode", {p.stem for p in SOURCE.glob("*.ipynb")})
+    assert (work / "labcode" / "check_data" / "unet.npz").is_file()  # the release copies the data files
+    write_library(work / "labcode", own)
+    return work
+
+
+#: Correct blocks written in yet other ways: parts registered in another order, Sequentials built from lists,
+#: in-place ReLUs, an Upsample spelled with a float factor, named arguments.
+OTHER_FORMS = {
+    "UNetConvBlock layers": """
+        self.block3 = nn.MaxPool2d(kernel_size=(2, 2))
+        self.block2 = nn.Sequential(*[nn.Conv2d(cout, cout, (3, 3), padding="same"), nn.ReLU(inplace=True),
+                                      nn.BatchNorm2d(num_features=cout)])
+        self.block1 = nn.Sequential(*[nn.Conv2d(cin, cout, (3, 3), padding="same"), nn.ReLU(inplace=True),
+                                      nn.BatchNorm2d(num_features=cout)])""",
+    "UNetConvBlock forward": """
+        hidden = self.block1(x)
+        features = self.block2(hidden)
+        outputs = self.block3(features)""",
+    "UNetUpConvBlock layers": """
+        layers = []
+        for a in (cin, cout):
+            layers += [nn.Conv2d(a, cout, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True),
+                       nn.BatchNorm2d(cout)]
+        self.convblock = nn.Sequential(*layers)
+        self.upconv = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                    nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+                                    nn.BatchNorm2d(cout))""",
+}
+
+
+def _run_unet_checks(work: Path) -> subprocess.CompletedProcess:
+    return _self_check(work, "labcode.check", "--notebook", "03")
+
+
+def test_correct_exercises_written_in_other_ways_pass_the_checks(tmp_path):
+    for index, own in enumerate((OWN_LIBRARY, OTHER_FORMS)):
+        work = _student_copy(tmp_path / str(index), own)
+        result = _run_unet_checks(work)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("[PASS]") == 7, result.stdout
+
+
+#: Wrong forwards of the two blocks, each with the line of the report it must produce.
+WRONG_FORMS = [
+    ({"UNetUpConvBlock forward": """
+        return self.convblock(torch.cat([encoder_features, self.upconv(inputs)], dim=1))""",
+      "UNetConvBlock forward": """
+        features = self.block1(x)
+        outputs = self.block3(features)"""},
+     ["[FAIL]   03_unet: UNetUpConvBlock forward\n         the output: the values differ from those expected",
+      "[FAIL]   03_unet: UNetConvBlock forward\n         features: the values differ from those expected"]),
+    ({"UNetUpConvBlock forward": """
+        return self.convblock(torch.cat([self.upconv(inputs), torch.zeros_like(encoder_features)], dim=1))""",
+      "UNetConvBlock forward": """
+        outputs = self.block3(self.block2(self.block1(x)))
+        features = outputs"""},
+     ["[FAIL]   03_unet: UNetUpConvBlock forward\n         the output does not change when the encoder features "
+      "change", "[FAIL]   03_unet: UNetConvBlock forward\n         features (before pooling) should be (2, 4, 8, 6)"]),
+    ({"UNetUpConvBlock forward": """
+        return self.convblock(torch.cat([self.upconv(torch.zeros_like(inputs)), encoder_features], dim=1))"""},
+     ["[FAIL]   03_unet: UNetUpConvBlock forward\n         the output does not change when the decoder input "
+      "changes"]),
+]
+
+
+def test_wrong_forwards_fail_with_messages_that_hold_no_code(tmp_path):
+    for index, (own, reports) in enumerate(WRONG_FORMS):
+        work = _student_copy(tmp_path / str(index), own)
+        result = _run_unet_checks(work)
+        assert result.returncode == 1, result.stdout + result.stderr
+        for report in reports:
+            assert report in result.stdout, result.stdout
+        assert re.search(r"^\[(FAIL|ERROR)\] +03_unet: The whole UNet", result.stdout, flags=re.MULTILINE)
+        lines = result.stdout.splitlines()  # the checks' own messages (an error quotes the student's line instead)
+        messages = [line for before, line in zip(lines, lines[1:]) if before.startswith("[FAIL]")]
+        assert messages
+        for message in messages:
+            assert not re.search(r"(block\d|upconv|convblock|cat|pool2d|torch\.\w+)\(", message), message
+            assert forward_spellings(message) == [], message
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# No answer in the checks' source
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Ways of writing the forwards of the blocks (whitespace removed): none may appear in the checks.
+FORWARD_SPELLINGS = [
+    r"block2\((\w+\.)*block1\(",  # a conv block's two stages chained
+    r"block3\((\w+\.)*block2\(",
+    r"cat\([\[(](\w+\.)*upconv\(",  # the up block's concatenation
+    r"cat\([\[(]\w+,(\w+\.)*upconv\(",
+    r"convblock\((\w+\.)*cat\(",
+    r"cat\([\[(](\w+\.)*(interpolate|upsample)\(",  # the same with another upsampling
+    r"classifier\((\w+\.)*up_blocks",
+]
+
+
+def forward_spellings(code: str) -> list[str]:
+    """The spellings of :data:`FORWARD_SPELLINGS` found in ``code``."""
+    flat = re.sub(r"\s+", "", code)
+    return [pattern for pattern in FORWARD_SPELLINGS if re.search(pattern, flat)]
+
+
+def _solution_lines_without_the_checks(tmp_path: Path) -> set[str]:
+    """The secret lines of the solutions (notebooks and library exercises), judged without labcode/check.py.
+
+    :func:`tools.leaks.secret_lines` counts every line of the library outside the exercise regions as public, the
+    checks' lines included: a solution line copied into check.py would pass for public. Here the checks are left out.
+    (The grader's judge shares a few helper lines with the checks, such as ``if not condition:``: it is not a
+    solution, and its lines are not compared here.)
+    """
+    from tools import leaks
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "solutions", repo / "solutions")
+    shutil.copytree(REPO / "labcode", repo / "labcode",
+                    ignore=shutil.ignore_patterns("__pycache__", "check.py", "check_data"))
+    for path in leaks.PUBLIC_SOURCES:
+        if (REPO / path).is_file():
+            (repo / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO / path, repo / path)
+    secrets = leaks.secret_lines(repo)
+    assert any(source.startswith("solutions/") and lines for source, lines in secrets.items())
+    return set().union(*(lines for source, lines in secrets.items() if source.startswith(("solutions/", "labcode/"))))
+
+
+def test_no_line_of_the_checks_is_a_line_of_a_solution_or_a_hidden_test(tmp_path):
+    from tools import leaks
+
+    source = (REPO / "labcode" / "check.py").read_text(encoding="utf-8")
+    code = [leaks.squash(line) for line in leaks.code_lines(source) if leaks.meaningful(line)]
+    assert len(code) > 200
+    regions = {leaks.squash(line) for path in sorted((REPO / "labcode").rglob("*.py"))
+               for region in release.find_regions(path.read_text(), str(path))
+               for line in region.body if leaks.meaningful(line) and not line.strip().startswith("#")}
+    assert len(regions) > 20
+    secrets = _solution_lines_without_the_checks(tmp_path) | regions
+    assert regions <= secrets
+    assert [line for line in code if line in secrets] == []
+    assert forward_spellings("\n".join(leaks.code_lines(source))) == []
+
+
+def test_the_spelling_scan_finds_the_forwards_it_is_meant_to_find():
+    # the references the checks computed before (they wrote the answers), and the instructor's own forwards
+    assert forward_spellings("reference = block.block2(block.block1(x))")
+    assert forward_spellings("reference = up.convblock(torch.cat([up.upconv(inputs), skipped], dim=1))")
+    assert forward_spellings("x = torch.cat( (self.upconv(inputs),\n   encoder_features), 1)")
+    assert forward_spellings("conv(torch.cat([F.interpolate(inputs, scale_factor=2.0), encoder_features], dim=1))")
+    unet = (REPO / "labcode" / "unet.py").read_text()
+    for region in release.find_regions(unet):
+        if region.title.endswith("forward") and region.title.startswith("UNetConvBlock"):
+            assert forward_spellings("\n".join(region.body))
+    assert forward_spellings("features = self.block2(self.block1(x))")
+    assert not forward_spellings("features = block(x)[1]")

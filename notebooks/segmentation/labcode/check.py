@@ -16,6 +16,12 @@ its check from this module (grading then runs more tests, hidden ones). The exit
 1 otherwise, and 3 when the library checked is not your copy in this folder (a complete library with the exercises
 already written, or another copy found on the path): the report then says so, since passing checks would say nothing
 about your work.
+
+The checks do not hold the answers: they compare what the code gives with expected values stored in
+``labcode/check_data/`` (outputs for fixed inputs and weights, computed once with a complete library by
+:func:`write_check_data`), and they test properties (shapes, layer kinds and settings, numbers of weights, which
+inputs the result depends on). For a forward pass, the block under test gets known weights, layer by layer in the
+order the question lists its layers, whatever way it builds them; convolution biases are set to zero.
 """
 
 from __future__ import annotations
@@ -79,12 +85,108 @@ def _conv(conv, name: str, cin: int, cout: int, kernel: int = 3) -> None:
     _expect(conv.kernel_size == (kernel, kernel), f"{name} should be a {kernel}x{kernel} convolution, got "
             f"{conv.kernel_size}")
     if kernel == 3:
-        _expect(conv.padding == (1, 1), f"{name} should use padding 1 (to keep the size), got {conv.padding}")
+        _expect(conv.padding in ((1, 1), "same"), f"{name} should use padding 1 (to keep the size), got "
+                f"{conv.padding}")
+
+
+#: Where the expected values of the checks are stored (one ``.npz`` file per exercise).
+CHECK_DATA = Path(__file__).resolve().parent / "check_data"
+
+
+def _stored(name: str) -> dict[str, np.ndarray]:
+    """The expected values of ``check_data/<name>.npz``, by key."""
+    path = CHECK_DATA / f"{name}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checks need the files of labcode/check_data/ (copy them "
+                                "again from the assignment you were given)")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _weighted_layers(module, parts: Sequence[str]) -> list:
+    """The convolutions and batch normalisations of ``module``'s attributes ``parts``, in that order."""
+    from torch import nn
+
+    found = []
+    for part in parts:
+        node = module
+        for name in part.split("."):
+            _expect(name.isdigit() or hasattr(node, name), f"{type(node).__name__} should have an attribute {name!r}")
+            node = node[int(name)] if name.isdigit() else getattr(node, name)
+        found += [m for m in node.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    return found
+
+
+def _weight_count(module) -> int:
+    """Number of learned values of ``module``, convolution biases left out (a choice the questions leave open)."""
+    from torch import nn
+
+    total = 0
+    for layer in module.modules():
+        for name, parameter in layer.named_parameters(recurse=False):
+            if not (isinstance(layer, nn.Conv2d) and name == "bias"):
+                total += parameter.numel()
+    return total
+
+
+_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _known_weights(module, parts: Sequence[str], stored: dict[str, np.ndarray], what: str) -> None:
+    """Give ``module`` the stored weights, layer by layer (biases of convolutions to zero), and put it in eval mode.
+
+    ``stored["layers"]`` holds the values one after the other: a convolution's weight, a batch normalisation's
+    weight, bias, running mean and running variance; ``stored["layer_shapes"]`` their shapes (padded with zeros).
+    """
+    import torch
+    from torch import nn
+
+    layers = _weighted_layers(module, parts)
+    tensors = [(index, layer, field) for index, layer in enumerate(layers)
+               for field in (("weight",) if isinstance(layer, nn.Conv2d) else _BN_FIELDS)]
+    shapes = [tuple(int(n) for n in row if n) for row in stored["layer_shapes"]]
+    _expect(len(tensors) == len(shapes), f"{what} has {len(layers)} convolution and batch-norm layers, which is not "
+            "what the question asks for: pass the layers check of this block first")
+    values, offset = stored["layers"], 0
+    with torch.no_grad():
+        for (index, layer, field), shape in zip(tensors, shapes):
+            target = getattr(layer, field)
+            _expect(target is not None and tuple(target.shape) == shape,
+                    f"layer {index + 1} of {what} ({type(layer).__name__}) has a {field} of shape "
+                    f"{None if target is None else tuple(target.shape)}, expected {shape}: pass the layers check of "
+                    "this block first")
+            size = int(np.prod(shape))
+            target.copy_(torch.from_numpy(values[offset:offset + size].reshape(shape)))
+            offset += size
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d) and layer.bias is not None:
+                layer.bias.zero_()
+    module.eval()
+
+
+def _differs(name: str, got, expected: np.ndarray, advice: str) -> None:
+    """Fail unless ``got`` has the shape and values of ``expected``."""
+    got = got.detach().cpu().numpy()
+    _expect(got.shape == expected.shape, f"{name} should have shape {expected.shape}, got {got.shape}")
+    gap = float(np.abs(got - expected).max())
+    _expect(bool(np.allclose(got, expected, rtol=1e-4, atol=1e-4)),
+            f"{name}: the values differ from those expected for the stored inputs and weights (largest "
+            f"difference {gap:.3g}); {advice}")
+
+
+def _weights_as_stored(module, what: str, expected: int) -> None:
+    count = _weight_count(module)
+    _expect(count == expected, f"{what} has {count} learned values (convolution biases not counted), expected "
+            f"{expected}: compare its layers' sizes and options with the question")
+
+
+def _shown(values: np.ndarray) -> list[float]:
+    """``values`` rounded to 4 decimals, for a message."""
+    return [round(float(v), 4) for v in np.asarray(values).ravel()]
 
 
 def _stand_ins():
     """Simple encoder and decoder blocks, so that each check judges a single exercise."""
-    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -100,10 +202,10 @@ def _stand_ins():
     class StandInUpBlock(nn.Module):
         def __init__(self, cin: int, cout: int) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(cin + cout, cout, kernel_size=1)
+            self.conv = nn.Conv2d(cin, cout, kernel_size=1)
 
         def forward(self, inputs, encoder_features):
-            return self.conv(torch.cat([F.interpolate(inputs, scale_factor=2.0), encoder_features], dim=1))
+            return self.conv(F.interpolate(inputs, scale_factor=2.0)) + encoder_features  # not the lab's up block
 
     return StandInConvBlock, StandInUpBlock
 
@@ -162,20 +264,26 @@ def check_augmentation() -> None:
 def check_class_weights() -> None:
     from labcode.stats import class_weights, inverse_frequency_weights
 
-    counts = np.array([0, 10, 30, 60])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        weights = np.asarray(inverse_frequency_weights(counts))
-    _expect(weights.shape == (4,), f"one weight per class expected, got shape {weights.shape}")
-    _expect(weights.dtype == np.float32, f"weights should be float32, got {weights.dtype}")
-    _expect(weights[0] == 0, f"a class without pixels should get weight 0, got {weights[0]}")
-    expected = np.array([0, 1 / 0.1, 1 / 0.3, 1 / 0.6])
-    expected = expected * 3 / expected.sum()
-    _expect(bool(np.allclose(weights, expected, rtol=1e-5)),
-            f"expected {np.round(expected, 4).tolist()} (proportional to 1 / frequency, mean 1 over the classes "
-            f"present), got {np.round(weights, 4).tolist()}")
-    _expect(bool(np.allclose(class_weights(counts, "inverse"), expected, rtol=1e-5)),
-            "class_weights(counts, 'inverse') disagrees with inverse_frequency_weights")
+    stored = _stored("class_weights")
+    for case in sorted(key for key in stored if key.startswith("counts")):
+        counts, expected = stored[case], stored[case.replace("counts", "weights")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            weights = np.asarray(inverse_frequency_weights(counts))
+        _expect(weights.shape == expected.shape, f"one weight per class expected for counts {counts.tolist()}, got "
+                f"shape {weights.shape}")
+        _expect(weights.dtype == np.float32, f"weights should be float32, got {weights.dtype}")
+        absent = counts == 0
+        _expect(bool((weights[absent] == 0).all()), f"a class without pixels should get weight 0: counts "
+                f"{counts.tolist()} gave {_shown(weights)}")
+        present = weights[~absent]
+        _expect(bool(np.isclose(present.mean(), 1.0, rtol=1e-5)), f"the weights of the classes present should average "
+                f"1: counts {counts.tolist()} gave {_shown(weights)}")
+        _expect(bool(np.allclose(weights, expected, rtol=1e-5)),
+                f"for counts {counts.tolist()} expected {_shown(expected)} (proportional to "
+                f"1 / frequency), got {_shown(weights)}")
+        _expect(bool(np.allclose(class_weights(counts, "inverse"), expected, rtol=1e-5)),
+                "class_weights(counts, 'inverse') disagrees with inverse_frequency_weights")
 
 
 def check_conv_block_layers() -> None:
@@ -193,6 +301,7 @@ def check_conv_block_layers() -> None:
         _expect(part[2].num_features == 16, f"{name}'s BatchNorm should have 16 features, got {part[2].num_features}")
     _expect(isinstance(block.block3, nn.MaxPool2d), f"block3 should be an nn.MaxPool2d, got "
             f"{type(block.block3).__name__}")
+    _weights_as_stored(block, "UNetConvBlock(3, 16)", int(_stored("conv_block")["weights"]))
 
 
 def check_conv_block_forward() -> None:
@@ -200,21 +309,22 @@ def check_conv_block_forward() -> None:
 
     from labcode.unet import UNetConvBlock
 
-    torch.manual_seed(0)
-    block = UNetConvBlock(3, 16).eval()
-    x = torch.randn(2, 3, 32, 24)
+    stored = _stored("conv_block")
+    block = UNetConvBlock(3, 4)
+    _known_weights(block, ("block1", "block2"), stored, "UNetConvBlock(3, 4)")
+    x = torch.from_numpy(stored["x"])
     with torch.no_grad():
-        result = block(x)
-        _expect(isinstance(result, tuple) and len(result) == 2, "forward should return a pair (outputs, features)")
-        outputs, features = result
-        _expect(tuple(features.shape) == (2, 16, 32, 24), f"features (before pooling) should be (2, 16, 32, 24) for "
-                f"a (2, 3, 32, 24) input, got {tuple(features.shape)}")
-        _expect(tuple(outputs.shape) == (2, 16, 16, 12), f"outputs (after pooling) should be (2, 16, 16, 12), got "
-                f"{tuple(outputs.shape)}")
-        reference = block.block2(block.block1(x))
-    _expect(bool(torch.allclose(features, reference, atol=1e-6)), "features should be block2(block1(x))")
-    _expect(bool(torch.allclose(outputs, torch.nn.functional.max_pool2d(reference, 2), atol=1e-6)),
-            "outputs should be the features pooled by block3")
+        result = block(x.clone())
+    _expect(isinstance(result, tuple) and len(result) == 2, "forward should return a pair (outputs, features)")
+    outputs, features = result
+    size = tuple(x.shape)
+    _expect(tuple(features.shape) == stored["features"].shape, f"features (before pooling) should be "
+            f"{stored['features'].shape} for a {size} input, got {tuple(features.shape)}")
+    _expect(tuple(outputs.shape) == stored["outputs"].shape, f"outputs (after pooling) should be "
+            f"{stored['outputs'].shape} for a {size} input, got {tuple(outputs.shape)}")
+    _differs("features", features, stored["features"],
+             "they should be what both Conv-ReLU-BatchNorm stages, in their order, make of the input")
+    _differs("outputs", outputs, stored["outputs"], "they should be the features after the block's pooling")
 
 
 def check_encoder_bottleneck() -> None:
@@ -249,6 +359,7 @@ def check_up_block_layers() -> None:
             f"convblock should be (Conv2d, ReLU, BatchNorm2d) twice, got {_layer_types(up.convblock)}")
     _conv(up.convblock[0], "convblock's first convolution (16 upsampled + 16 skipped channels in)", 32, 16)
     _conv(up.convblock[3], "convblock's second convolution", 16, 16)
+    _weights_as_stored(up, "UNetUpConvBlock(32, 16)", int(_stored("up_block")["weights"]))
 
 
 def check_up_block_forward() -> None:
@@ -256,17 +367,24 @@ def check_up_block_forward() -> None:
 
     from labcode.unet import UNetUpConvBlock
 
-    torch.manual_seed(0)
-    up = UNetUpConvBlock(32, 16).eval()
-    inputs, skipped = torch.randn(2, 32, 8, 6), torch.randn(2, 16, 16, 12)
+    stored = _stored("up_block")
+    up = UNetUpConvBlock(8, 4)
+    _known_weights(up, ("upconv", "convblock"), stored, "UNetUpConvBlock(8, 4)")
+    inputs, skipped = torch.from_numpy(stored["inputs"]), torch.from_numpy(stored["skipped"])
     with torch.no_grad():
-        out = up(inputs, skipped)
+        out = up(inputs.clone(), skipped.clone())
         _expect(isinstance(out, torch.Tensor), f"forward should return a tensor, got {type(out).__name__}")
-        _expect(tuple(out.shape) == (2, 16, 16, 12), f"a (2, 32, 8, 6) input with (2, 16, 16, 12) encoder features "
-                f"should give (2, 16, 16, 12), got {tuple(out.shape)}")
-        reference = up.convblock(torch.cat([up.upconv(inputs), skipped], dim=1))
-    _expect(bool(torch.allclose(out, reference, atol=1e-6)),
-            "forward should return convblock(cat([upconv(inputs), encoder_features], dim=1))")
+        _expect(tuple(out.shape) == stored["output"].shape, f"a {tuple(inputs.shape)} input with "
+                f"{tuple(skipped.shape)} encoder features should give {stored['output'].shape}, got "
+                f"{tuple(out.shape)}")
+        other_skipped = up(inputs.clone(), -skipped)
+        other_inputs = up(-inputs, skipped.clone())
+    _expect(not torch.allclose(out, other_skipped), "the output does not change when the encoder features change: "
+            "forward should use them")
+    _expect(not torch.allclose(out, other_inputs), "the output does not change when the decoder input changes: "
+            "forward should use it")
+    _differs("the output", out, stored["output"], "compare your forward with the steps the question lists: which "
+             "layers see which tensor, in which order, and the order of the tensors joined along the channels")
 
 
 def check_decoder_layers() -> None:
@@ -300,6 +418,13 @@ def check_whole_unet() -> None:
         logits = model(torch.randn(1, 3, 70, 45))
     _expect(tuple(logits.shape) == (1, NUM_CLASSES, 70, 45), f"UNet(14, num_blocks=3, base_chan=8) should map a "
             f"(1, 3, 70, 45) image to (1, {NUM_CLASSES}, 70, 45) logits, got {tuple(logits.shape)}")
+    stored = _stored("unet")
+    small = UNet(NUM_CLASSES, num_blocks=1, base_chan=2)
+    _known_weights(small, UNET_PARTS, stored, "UNet(14, num_blocks=1, base_chan=2)")
+    with torch.no_grad():
+        logits = small(torch.from_numpy(stored["x"]))
+    _differs("the logits of UNet(14, num_blocks=1, base_chan=2)", logits, stored["logits"],
+             "the checks of the blocks above tell which part to look at")
 
 
 #: The exercises of the library, by the title of their question (the title the stubs print).
@@ -314,6 +439,104 @@ CHECKS: tuple[Check, ...] = (
     Check("03_unet", "The whole UNet (all the parts above together)", check_whole_unet),
     Check("04_metrics_losses", "Class weights", check_class_weights),
 )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The expected values (labcode/check_data/)
+# --------------------------------------------------------------------------------------------------------------------
+
+#: The layers of ``UNet(num_blocks=1)`` that get known weights, in this order (each block's layers as the question
+#: lists them).
+UNET_PARTS: tuple[str, ...] = ("encoder.blocks.0.block1", "encoder.blocks.0.block2", "encoder.bottleneck",
+                               "decoder.first_block", "decoder.up_blocks.0.upconv", "decoder.up_blocks.0.convblock",
+                               "decoder.classifier")
+
+#: Pixel counts whose inverse-frequency weights are stored (absent classes, a single class, equal shares).
+CLASS_COUNTS: tuple[tuple[int, ...], ...] = ((0, 10, 30, 60), (5, 0, 5, 90, 0, 0), (7,), (1, 1, 1, 1), (3, 1000, 0))
+
+
+def _draw_weights(layers: Sequence, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random weights for ``layers`` (convolutions and batch normalisations), as :func:`_known_weights` reads them."""
+    from torch import nn
+
+    values, shapes = [], []
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            shape = tuple(layer.weight.shape)
+            drawn = [rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))]
+        else:
+            n = layer.num_features
+            drawn = [rng.uniform(0.5, 1.5, n), 0.2 * rng.standard_normal(n), 0.2 * rng.standard_normal(n),
+                     rng.uniform(0.5, 1.5, n)]
+        values += [array.astype(np.float32).ravel() for array in drawn]
+        shapes += [list(array.shape) + [0] * (4 - array.ndim) for array in drawn]
+    return {"layers": np.concatenate(values), "layer_shapes": np.array(shapes, dtype=np.int32)}
+
+
+def _with_known_weights(module, parts: Sequence[str], seed: int) -> tuple[dict[str, np.ndarray], np.random.Generator]:
+    rng = np.random.default_rng(seed)
+    drawn = _draw_weights(_weighted_layers(module, parts), rng)
+    _known_weights(module, parts, drawn, type(module).__name__)
+    return dict(drawn), rng
+
+
+def check_data(name: str) -> dict[str, np.ndarray]:
+    """The expected values of ``check_data/<name>.npz`` computed again with the library imported (a complete one).
+
+    ``name`` is one of ``"class_weights"``, ``"conv_block"``, ``"up_block"`` and ``"unet"``.
+    """
+    import torch
+
+    from labcode.stats import inverse_frequency_weights
+    from labcode.unet import UNet, UNetConvBlock, UNetUpConvBlock
+
+    if name == "class_weights":
+        data = {}
+        for index, counts in enumerate(CLASS_COUNTS):
+            data[f"counts{index}"] = np.array(counts, dtype=np.int64)
+            data[f"weights{index}"] = np.asarray(inverse_frequency_weights(data[f"counts{index}"]), dtype=np.float32)
+        return data
+    if name == "conv_block":
+        block = UNetConvBlock(3, 4)
+        data, rng = _with_known_weights(block, ("block1", "block2"), seed=1)
+        data["x"] = rng.standard_normal((2, 3, 8, 6)).astype(np.float32)
+        with torch.no_grad():
+            outputs, features = block(torch.from_numpy(data["x"]))
+        data |= {"outputs": outputs.numpy(), "features": features.numpy()}
+        data["weights"] = np.array(_weight_count(UNetConvBlock(3, 16)))
+        return data
+    if name == "up_block":
+        up = UNetUpConvBlock(8, 4)
+        data, rng = _with_known_weights(up, ("upconv", "convblock"), seed=2)
+        data["inputs"] = rng.standard_normal((1, 8, 4, 3)).astype(np.float32)
+        data["skipped"] = rng.standard_normal((1, 4, 8, 6)).astype(np.float32)
+        with torch.no_grad():
+            data["output"] = up(torch.from_numpy(data["inputs"]), torch.from_numpy(data["skipped"])).numpy()
+        data["weights"] = np.array(_weight_count(UNetUpConvBlock(32, 16)))
+        return data
+    if name == "unet":
+        model = UNet(NUM_CLASSES, num_blocks=1, base_chan=2)
+        data, rng = _with_known_weights(model, UNET_PARTS, seed=3)
+        data["x"] = rng.standard_normal((1, 3, 7, 5)).astype(np.float32)
+        with torch.no_grad():
+            data["logits"] = model(torch.from_numpy(data["x"])).numpy()
+        return data
+    raise ValueError(f"no check data named {name!r}; names: class_weights, conv_block, up_block, unet")
+
+
+#: The files of ``check_data/``, without their ``.npz``.
+CHECK_DATA_NAMES: tuple[str, ...] = ("class_weights", "conv_block", "up_block", "unet")
+
+
+def write_check_data(folder: Path = CHECK_DATA) -> list[Path]:
+    """Write the expected values of the checks to ``folder``, computed with the library imported (a complete one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in CHECK_DATA_NAMES:
+        path = folder / f"{name}.npz"
+        np.savez_compressed(path, **check_data(name))
+        written.append(path)
+    return written
 
 
 # --------------------------------------------------------------------------------------------------------------------

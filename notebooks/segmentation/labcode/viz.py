@@ -146,17 +146,22 @@ def plot_class_histogram(counts: np.ndarray, labels: Sequence[str] = CLASSES,
 
 
 def plot_focal_term(gammas: Sequence[float] = (0, 0.5, 1, 2, 5)) -> Figure:
-    """The focal loss against the probability of the true class, for several ``gamma`` (gamma 0 is cross-entropy)."""
+    """The focal loss against the probability of the true class, for several ``gamma`` (gamma 0 is cross-entropy).
+
+    The labels write the symbols of the course's text: :math:`\\hat{p}_y` for the probability of the true class
+    :math:`y`, :math:`\\gamma` for the focusing parameter.
+    """
     p = np.linspace(1e-3, 1.0, 400)
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     for gamma in gammas:
-        left.plot(p, (1 - p) ** gamma, label=f"gamma={gamma:g}")
-        right.plot(p, -((1 - p) ** gamma) * np.log(p), label=f"gamma={gamma:g}")
-    left.set_title("modulating factor (1 - p)^gamma")
-    right.set_title("focal loss -(1 - p)^gamma log p")
+        label = rf"$\gamma = {gamma:g}$" + (" (cross-entropy)" if gamma == 0 else "")
+        left.plot(p, (1 - p) ** gamma, label=label)
+        right.plot(p, -((1 - p) ** gamma) * np.log(p), label=label)
+    left.set_title(r"modulating factor $(1 - \hat{p}_y)^{\gamma}$")
+    right.set_title(r"focal loss $-(1 - \hat{p}_y)^{\gamma} \, \log \hat{p}_y$")
     right.set_ylim(0, 5)
     for ax in (left, right):
-        ax.set_xlabel("probability of the true class p")
+        ax.set_xlabel(r"probability of the true class, $\hat{p}_y$")
         ax.legend(fontsize=8)
     return fig
