@@ -21,15 +21,15 @@ reference: setup
 	$(VENV)/python -m labcode reference
 
 ## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first), after the
-## linter (ruff, configured in pyproject.toml).
+## linter (ruff, configured in pyproject.toml); two test processes, each test file in one of them (pytest-xdist).
 test:
 	bash scripts/setup.sh --grading --system
 	$(VENV)/ruff check .
-	$(VENV)/python -m pytest -q
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(VENV)/ruff check .
-	$(VENV)/python -m pytest -q -m "not slow and not browser"
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not browser"
 
 ## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/.
 release: setup

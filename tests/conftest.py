@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,3 +168,21 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for stem, seconds in sorted(times.items()):
         terminalreporter.write_line(f"{stem:<22} {seconds:7.1f} s")
     terminalreporter.write_line(f"{'total':<22} {sum(times.values()):7.1f} s")
+
+
+@pytest.fixture(scope="module")
+def grading_env(synth_root):
+    """The grader's environment for the grading tests: the generated data set, the instructor library importable by
+    the grader (never by the submissions); skipped without a working sandbox (a failure in CI)."""
+    from tests.course import REPO, require_sandbox
+
+    require_sandbox()
+    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH")}
+    os.environ["LABCODE_DATADIR"] = str(synth_root)
+    os.environ["PYTHONPATH"] = str(REPO)  # the instructor library is importable by the grader, never by submissions
+    yield synth_root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

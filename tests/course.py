@@ -295,3 +295,12 @@ def grader(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([sys.executable, "-m", "tools.grading", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_grader(course: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """``python -m tools.grading autograde`` on ``course`` with two workers; its process and each student's result."""
+    import json
+
+    done = grader("autograde", "--course", str(course), "--workers", "2", "--no-progress", *options)
+    results = {p.parent.name: json.loads(p.read_text()) for p in (course / "grading").glob("*/result.json")}
+    return done, results

@@ -170,7 +170,6 @@ def attacked(tmp_path_factory, synth_root):
     os.environ["PYTHONPATH"] = str(REPO)
     course = make_course(tmp_path_factory.mktemp("course"))
     new_submission(course, "honest")
-    new_submission(course, "honest_own", own=True)
     blank_with_hooks(course, "hooks")
     shadows = new_submission(course, "shadows", notebooks="blank", library="blank")
     (shadows / "numpy.py").write_text(SHADOW_NUMPY)
@@ -199,7 +198,7 @@ def attacked(tmp_path_factory, synth_root):
 
 def test_honest_students_graded_in_the_same_run_keep_full_marks(attacked):
     course, done, results = attacked
-    for student in ("honest", "honest_own", "reader"):
+    for student in ("honest", "reader"):
         assert results[student]["status"] == "graded", results[student]
         got = auto_grades(course, student, NOTEBOOKS)
         assert got and all(g["score"] == g["max"] for g in got.values()), (student, got)
