@@ -256,3 +256,22 @@ def test_an_unreadable_notebook_costs_only_itself_and_says_what_to_fix(attacked)
     assert all(g["score"] == 0 for g in got.values() if g["notebook"] == "03_unet")
     others = {k: g for k, g in got.items() if g["notebook"] != "03_unet"}
     assert others and all(g["score"] == g["max"] for g in others.values()), others
+
+
+def test_copied_graded_cells_keep_one_owner_and_unreadable_notebooks_are_named(tmp_path):
+    from tools.grading.worker import prepare_notebook
+
+    nb = nbformat.v4.new_notebook()
+    meta = {"nbgrader": {"grade_id": "answer_x", "solution": True, "grade": False, "locked": False}}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata=json.loads(json.dumps(meta))),
+                nbformat.v4.new_code_cell("x = 2", metadata=json.loads(json.dumps(meta)))]
+    nbformat.write(nb, tmp_path / "copied.ipynb")
+    assert prepare_notebook(tmp_path / "copied.ipynb") == (
+        "", ["copied: the cell answer_x appears more than once; the last copy was graded"])
+    cells = nbformat.read(tmp_path / "copied.ipynb", as_version=4).cells
+    assert [c.source for c in cells] == ["x = 1", "x = 2"] and "nbgrader" not in cells[0].metadata
+    assert cells[1].metadata.nbgrader.grade_id == "answer_x"
+    assert prepare_notebook(tmp_path / "copied.ipynb") == ("", [])  # nothing left to repair
+    (tmp_path / "broken.ipynb").write_text('{"cells": [')
+    problem, notes = prepare_notebook(tmp_path / "broken.ipynb")
+    assert problem.startswith("unreadable notebook (") and "submit again" in problem and notes == []

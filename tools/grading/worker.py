@@ -110,8 +110,8 @@ def zero_notebook(db_path: Path, course_id: str, assignment: str, student: str, 
         gradebook.db.commit()
 
 
-def repair_notebook(path: Path) -> list[str]:
-    """Make a notebook with copied nbgrader cells gradable; return what was done (nothing for a clean notebook).
+def prepare_notebook(path: Path) -> tuple[str, list[str]]:
+    """Read a submitted notebook once: why it cannot be graded ("" when it can), and what was repaired.
 
     Copying a cell in Jupyter copies its nbgrader metadata (nbgrader's issue 1083), and nbgrader then fails on the
     whole notebook. The last copy of each graded or answer cell keeps the metadata (the one nbgrader would keep);
@@ -121,8 +121,9 @@ def repair_notebook(path: Path) -> list[str]:
 
     try:
         nb = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - reported by readable_notebook
-        return []
+    except Exception as err:  # noqa: BLE001 - any parse failure is the submission's
+        return (f"unreadable notebook ({type(err).__name__}: {str(err)[:200]}): open it in Jupyter, fix or re-fetch "
+                "it, and submit again"), []
     seen, notes = set(), []
     for cell in reversed(nb.cells):
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -134,19 +135,7 @@ def repair_notebook(path: Path) -> list[str]:
         seen.add(grade_id)
     if notes:
         nbformat.write(nb, path)
-    return notes
-
-
-def readable_notebook(path: Path) -> str:
-    """Why a submitted notebook cannot be graded ("" when it can): unreadable JSON or not a notebook."""
-    import nbformat
-
-    try:
-        nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 - any parse failure is the submission's
-        return f"unreadable notebook ({type(err).__name__}: {str(err)[:200]}): open it in Jupyter, fix or " \
-               "re-fetch it, and submit again"
-    return ""
+    return "", notes
 
 
 def grade_notebook(work: Course, job: Job, stem: str, db: Path, log: Path) -> str:
@@ -203,7 +192,6 @@ def grade(job: Job) -> dict:
         source = course.folder("submitted", job.student)
         report = take_submission(source, submitted, course.folder("release"), timestamp=read_timestamp(source))
         result["skipped"], result["restored"] = report.skipped, report.restored
-        result["notes"] = [note for stem in stems for note in repair_notebook(submitted / f"{stem}.ipynb")]
         (work.root / "nbgrader_config.py").write_text(
             "c = get_config()\n"
             f"load_subconfig({str(course.root / 'nbgrader_config.py')!r})\n"
@@ -215,7 +203,8 @@ def grade(job: Job) -> dict:
         problems = {}
         for stem in stems:
             path = submitted / f"{stem}.ipynb"
-            problem = readable_notebook(path) if path.is_file() else "missing from the submission"
+            problem, notes = prepare_notebook(path) if path.is_file() else ("missing from the submission", [])
+            result["notes"] += notes
             if problem and path.is_file():
                 path.unlink()  # nbgrader then records the notebook as missing: 0 on its tests
             if not problem:
