@@ -21,7 +21,6 @@ import pytest
 from bs4 import BeautifulSoup
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from tests.test_grading import grading_env  # noqa: F401  (a fixture, used by graded_class)
 from tools.grading import outputs
 from tools.grading.feedback import SafeFeedback, cap_outputs
 from tools.grading.outputs import CUT, PROBE_MIME, OutputBudget, OutputLimits
@@ -448,7 +447,7 @@ def hostile_submission(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def graded_class(tmp_path_factory, request):
-    request.getfixturevalue("grading_env")  # the sandboxed grading's environment (tests/test_grading.py)
+    request.getfixturevalue("grading_env")  # the sandboxed grading's environment (tests/conftest.py)
     from tests.course import grader, make_course, new_submission
     from tools.grading import cli
     from tools.grading.course import Course
