@@ -32,11 +32,11 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from nbformat.notebooknode import NotebookNode
 from zmq.utils.monitor import parse_monitor_message
 
+from tools.grading import probe
+
 MIB = 1 << 20
-#: MIME type of the data a grader-inserted probe cell sends back to the judge.
-PROBE_MIME = "application/vnd.labcode.probe+json"
-#: Cell metadata key that marks a probe cell (set by the grader, never by a submission: the judge checks).
-PROBE_FLAG = "labcode_probe"
+#: MIME type of the data a grader-inserted probe cell sends back to the judge, and the key marking such a cell.
+PROBE_MIME, PROBE_FLAG = probe.MIME, probe.CELL_KEY
 #: Beginning of the note added to a cell whose output was cut.
 CUT = "[output cut by the grader:"
 #: Messages kept waiting in the client's queue, per socket (a message counts once, whatever its size).

@@ -26,6 +26,8 @@ import warnings
 import numpy as np
 
 MIME = "application/vnd.labcode.probe+json"
+#: Cell metadata key marking a probe cell the grader inserted (its outputs have a budget of their own).
+CELL_KEY = "labcode_probe"
 
 #: Layer attributes that define each torch.nn layer the course uses (the judge rebuilds layers from them).
 HYPER = {

@@ -33,7 +33,7 @@ from tools.grading import judge, probe
 
 PROBE_FILE = "labcode_probe.py"
 #: Cell metadata of an inserted probe cell.
-PROBE_KEY, GRADE_KEY = "labcode_probe", "labcode_grade_id"
+PROBE_KEY, GRADE_KEY = probe.CELL_KEY, "labcode_grade_id"
 
 
 class GraderOnly(NbGraderPreprocessor):
