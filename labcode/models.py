@@ -1,10 +1,4 @@
-"""Model registry, parameter count and a layer-by-layer summary; ``python -m labcode.models`` prints one.
-
-Example::
-
-    python -m labcode.models --model unet --img-size 256 --num-blocks 4 --base-chan 64
-    python -m labcode.models --model deeplabv3plus --img-size 97 65 --base-chan 16
-"""
+"""Model registry, parameter count and a layer-by-layer summary (``python -m labcode models`` prints one)."""
 
 from __future__ import annotations
 
@@ -139,13 +133,3 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
     ]
     return "\n".join(lines)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the summary of a model on a dummy batch: the ``models`` command (:mod:`labcode.commands.models`)."""
-    from labcode.commands.models import main as models_command
-
-    return models_command(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -131,28 +132,41 @@ def _flip(path, offset_from_end: int) -> None:
     path.write_bytes(bytes(data))
 
 
-DAMAGES = {  # name -> (what to do to the cache folder, file named by the error, words of the error)
-    "image bytes": (lambda c: _flip(c / "images.npy", 1000), "images.npy", "CRC-32 checksum differs"),
-    "mask label": (lambda c: _flip(c / "masks.npy", 7), "masks.npy", "CRC-32 checksum differs"),
-    "done flag": (lambda c: _flip(c / "done.npy", 1), "done.npy", "CRC-32 checksum differs"),
+_INDEX = "index.json"
+#: name -> (what to do to the cache folder, file named by the error, words of verify's error, words of the error on
+#: opening, or None when only the checksums can tell: flipped bytes are found by verify, not by opening)
+DAMAGES = {
+    "image bytes": (lambda c: _flip(c / "images.npy", 1000), "images.npy", "CRC-32 checksum differs", None),
+    "mask label": (lambda c: _flip(c / "masks.npy", 7), "masks.npy", "CRC-32 checksum differs", None),
+    "done flag": (lambda c: _flip(c / "done.npy", 1), "done.npy", "CRC-32 checksum differs", None),
     "array header": (lambda c: (c / "masks.npy").write_bytes(
-        (c / "masks.npy").read_bytes().replace(b"'shape': (", b"'shape': [", 1)), "masks.npy", "checksum"),
+        (c / "masks.npy").read_bytes().replace(b"'shape': (", b"'shape': [", 1)), "masks.npy", "checksum",
+        "is damaged (ValueError"),
     "truncated": (lambda c: (c / "images.npy").write_bytes((c / "images.npy").read_bytes()[:-4096]), "images.npy",
-                  "bytes instead of"),
-    "missing": (lambda c: (c / "masks.npy").unlink(), "masks.npy", "is missing"),
-    "index not JSON": (lambda c: (c / "index.json").write_text('{"version": 2, "size": 3'), "index.json",
+                  "bytes instead of", "bytes instead of"),
+    "missing": (lambda c: (c / "masks.npy").unlink(), "masks.npy", "is missing", "is missing"),
+    "index not JSON": (lambda c: (c / _INDEX).write_text('{"version": 2, "size": 3'), _INDEX, "JSONDecodeError",
                        "JSONDecodeError"),
-    "index without files": (lambda c: (c / "index.json").write_text(json.dumps(
-        {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "files"})), "index.json",
-        "missing or malformed files"),
-    "checksum not a record": (lambda c: (c / "index.json").write_text(json.dumps(
-        {**json.loads((c / "index.json").read_text()), "checksums": {"images.npy": "0", "masks.npy": "0",
-                                                                     "done.npy": "0"}})), "index.json",
-        "missing or malformed checksums"),
-    "index without checksums": (lambda c: (c / "index.json").write_text(json.dumps(
-        {k: v for k, v in json.loads((c / "index.json").read_text()).items() if k != "checksums"})), "index.json",
-        "missing or malformed checksums"),
+    "index without files": (lambda c: (c / _INDEX).write_text(json.dumps(
+        {k: v for k, v in json.loads((c / _INDEX).read_text()).items() if k != "files"})), _INDEX,
+        "missing or malformed files", "missing or malformed files"),
+    "checksum not a record": (lambda c: (c / _INDEX).write_text(json.dumps(
+        {**json.loads((c / _INDEX).read_text()), "checksums": {"images.npy": "0", "masks.npy": "0",
+                                                               "done.npy": "0"}})), _INDEX,
+        "missing or malformed checksums", "missing or malformed checksums"),
+    "index without checksums": (lambda c: (c / _INDEX).write_text(json.dumps(
+        {k: v for k, v in json.loads((c / _INDEX).read_text()).items() if k != "checksums"})), _INDEX,
+        "missing or malformed checksums", "missing or malformed checksums"),
 }
+
+
+def _damage_message(call, out, named: str, words: str) -> str:
+    with pytest.raises(DatasetError) as info:
+        call()
+    message = str(info.value)
+    assert str(out / named) in message and words in message, message
+    assert message.endswith("run `python -m labcode prepare` again with the same options to rebuild it")
+    return message
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -161,24 +175,40 @@ def test_damaged_cache_is_one_clear_error_and_prepare_rebuilds_it(synth_root, tm
 
     out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["1", "3"], progress=False)
     pristine = {name: (out / name).read_bytes() for name in ("images.npy", "masks.npy")}
-    breaks, named, words = DAMAGES[damage]
+    breaks, named, verify_words, open_words = DAMAGES[damage]
     breaks(out)
-    with pytest.raises(DatasetError) as info:
-        CachedDataset(out)
-    message = str(info.value)
-    assert str(out / named) in message and words in message, message
-    assert message.endswith("run `python -m labcode prepare` again with the same options to rebuild it")
-
-    status = main(["train", "--datadir", str(synth_root), "--cache-dir", str(out), "--areas-train", "1",
-                   "--areas-valid", "3", "--img-size", "32", "--num-workers", "0", "--logdir", str(tmp_path / "runs")])
-    err = capsys.readouterr().err
-    assert status == 2 and err == f"error: {message}\n"
+    _damage_message(lambda: cache.verify_cache(out), out, named, verify_words)
+    if open_words is None:  # opening reads no array: only verify reads every byte
+        _damage_message(CachedDataset(out).verify, out, named, verify_words)
+    else:
+        message = _damage_message(lambda: CachedDataset(out), out, named, open_words)
+        status = main(["train", "--datadir", str(synth_root), "--cache-dir", str(out), "--areas-train", "1",
+                       "--areas-valid", "3", "--img-size", "32", "--num-workers", "0", "--logdir",
+                       str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert status == 2 and err == f"error: {message}\n"
 
     prepare_cache(synth_root, out, size=32, areas=["1", "3"], progress=False)  # the advice of the message works
     rebuilt = CachedDataset(out)
+    rebuilt.verify()
     assert len(rebuilt) == 8
     for name, data in pristine.items():
         assert (out / name).read_bytes() == data
+
+
+def test_opening_reads_no_array_bytes_and_verify_reads_them_all(synth_root, tmp_path, monkeypatch):
+    out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["3"], progress=False)
+    summed, checksum = [], cache.file_checksum
+
+    def counted(path, *args, **kwargs):
+        summed.append(Path(path).name)
+        return checksum(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "file_checksum", counted)
+    opened = CachedDataset(out)
+    assert summed == [] and len(opened) == 4
+    opened.verify()
+    assert sorted(summed) == ["done.npy", "images.npy", "masks.npy"]
 
 
 def test_cache_of_an_older_version_is_rebuilt(synth_root, tmp_path):

@@ -137,10 +137,10 @@ def test_user_message_unwraps_an_error_raised_in_a_loader_worker():
 def test_models_and_check_are_commands_like_the_others(capsys):
     from labcode.cli import COMMANDS
 
-    assert COMMANDS["models"][0] == "labcode.commands.models" and COMMANDS["check"][0] == "labcode.commands.check"
+    assert COMMANDS["models"][0] == "labcode.commands.models" and COMMANDS["check"][0] == "labcode.check"
     assert main(["models", "--img-size", "32", "--num-blocks", "2", "--base-chan", "4"]) == 0
     assert "decoder.classifier" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as info:  # argparse's own error, as python -m labcode.models always did
+    with pytest.raises(SystemExit) as info:  # argparse's own error: usage and status 2
         main(["models", "--model", "deeplabv3plus", "--num-blocks", "2"])
     assert info.value.code == 2 and "no option 'num_blocks'" in capsys.readouterr().err
     assert main(["check", "--notebook", "99"]) == 2  # labcode.check.main: no exercise for that notebook

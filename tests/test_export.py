@@ -84,11 +84,16 @@ def test_export_command_writes_and_checks(tmp_path: Path, capsys) -> None:
     assert export_command.main([str(ckpt), "--check-sizes", "24x40", "17"]) == 0
     out = capsys.readouterr().out
     assert "parity at 24x40" in out and "parity at 17x17" in out
-    session = ort.InferenceSession(str(tmp_path / "best.onnx"), providers=["CPUExecutionProvider"])
+    assert export_command.main([str(ckpt), "--fold", "-o", str(tmp_path / "fast.onnx")]) == 0
+    assert "(folded graph, " in capsys.readouterr().out
     x = np.random.default_rng(0).standard_normal((2, 3, 19, 23)).astype(np.float32)
     with torch.no_grad():
-        np.testing.assert_allclose(session.run(None, {"image": x})[0], model(torch.from_numpy(x)).numpy(),
-                                   atol=1e-4, rtol=1e-4)
+        expected = model(torch.from_numpy(x)).numpy()
+    for name, depth_to_space in (("best.onnx", 0), ("fast.onnx", 2)):
+        ops = [node.op_type for node in onnx.load(str(tmp_path / name)).graph.node]
+        assert ops.count("DepthToSpace") == depth_to_space, name
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"image": x})[0], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_view_serves_the_graph_on_localhost(exported, capsys) -> None:
@@ -145,15 +150,16 @@ def test_nearest_upsample_conv_is_upsample_then_conv(bias: bool, relu: bool) -> 
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_export_folds_the_up_blocks_and_only_them(tmp_path: Path) -> None:
+def test_export_folds_the_up_blocks_and_only_them_when_asked(tmp_path: Path) -> None:
     from labcode.export import NearestUpsampleConv, fold_nearest_upsampling
 
     model = tiny_unet(seed=3, num_blocks=3)
-    folded = export_onnx(model, tmp_path / "folded.onnx")
-    plain = export_onnx(model, tmp_path / "plain.onnx", fold_upsampling=False)
-    ops = {name: {node.op_type for node in onnx.load(str(p)).graph.node} for name, p in
+    folded = export_onnx(model, tmp_path / "folded.onnx", fold=True)
+    plain = export_onnx(model, tmp_path / "plain.onnx")  # the default: the network as written
+    ops = {name: [node.op_type for node in onnx.load(str(p)).graph.node] for name, p in
            (("folded", folded), ("plain", plain))}
-    assert "Resize" in ops["plain"] and "Resize" not in ops["folded"] and "DepthToSpace" in ops["folded"]
+    assert ops["plain"].count("Resize") == 3 and "DepthToSpace" not in ops["plain"]
+    assert "Resize" not in ops["folded"] and ops["folded"].count("DepthToSpace") == 3
     notes = {path.name: {m.key: m.value for m in onnx.load(str(path)).metadata_props}.get("upsampling")
              for path in (folded, plain)}
     assert notes["plain.onnx"] is None and notes["folded.onnx"].startswith("3 nearest x2 upsampling + 3x3 Conv pairs")

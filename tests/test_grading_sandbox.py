@@ -276,3 +276,34 @@ def test_a_sandboxed_kernel_sees_no_host_path_of_the_course_and_cannot_fill_its_
     assert relayed.count("flood") * 5 <= SandboxKernelManager.MAX_KERNEL_OUTPUT
     assert f"[kernel output cut at {SandboxKernelManager.MAX_KERNEL_OUTPUT} bytes]" in relayed
     assert not runtime[0].exists() and str(runtime[0]) not in Path("/proc/self/mountinfo").read_text()
+
+
+@pytest.mark.parametrize("hierarchy", ["v2", "v1"])
+def test_cgroup_limits_are_written_under_the_one_cgroup_root(tmp_path, monkeypatch, hierarchy):
+    """Both hierarchies live under the same mount point; a fake one shows which files get the limits."""
+    monkeypatch.setattr(sandbox, "CGROUP_ROOT", tmp_path)
+    if hierarchy == "v2":
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    else:
+        for controller in ("memory", "pids"):
+            (tmp_path / controller).mkdir()
+            (tmp_path / controller / "cgroup.procs").write_text("")
+    limits = sandbox.Limits(memory_bytes=3 * sandbox.GIB, processes=77)
+    group = sandbox.Cgroup("slot-1", limits)
+    assert group.kind == f"cgroup {hierarchy}"
+    if hierarchy == "v2":
+        assert group.dirs == [tmp_path / "labcode-grading" / "slot-1"]
+        assert (tmp_path / "labcode-grading" / "cgroup.subtree_control").read_text() == "+memory +pids"
+        written = {name: (group.dirs[0] / name).read_text() for name in ("memory.max", "memory.swap.max", "pids.max")}
+        assert written == {"memory.max": str(3 * sandbox.GIB), "memory.swap.max": "0", "pids.max": "77"}
+    else:
+        memory, pids = (tmp_path / name / "labcode-grading" / "slot-1" for name in ("memory", "pids"))
+        assert group.dirs == [memory, pids]
+        assert (memory / "memory.limit_in_bytes").read_text() == str(3 * sandbox.GIB)
+        assert (pids / "pids.max").read_text() == "77"
+    assert not group.oom_killed()
+    for path in group.dirs:  # a real cgroup folder holds only kernel files, which rmdir ignores: empty it first
+        for child in path.iterdir():
+            child.unlink()
+    group.remove()
+    assert all(not path.exists() for path in group.dirs)

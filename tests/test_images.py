@@ -115,10 +115,10 @@ def test_hand_written_png_decodes_to_its_pixels(tmp_path: Path, decoder: str, ca
     data, want = CASES[case]
     path = tmp_path / "image.png"
     path.write_bytes(data)
-    rgb = images.read_rgb(path, decoder)
+    rgb = images.read_with(path, decoder)
     assert rgb.dtype == np.uint8 and rgb.shape == want.shape
     np.testing.assert_array_equal(rgb, want)
-    codes = images.read_codes(path, decoder)
+    codes = images.read_with(path, decoder, codes=True)
     assert codes.dtype == np.uint32
     np.testing.assert_array_equal(codes, codes_of(want))
 
@@ -157,18 +157,20 @@ def test_decoders_equal_opencv_on_files_written_by_other_encoders(tmp_path: Path
     for path in files:
         reference = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         want_rgb = cv2.cvtColor(reference, cv2.COLOR_BGRA2RGB if reference.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        np.testing.assert_array_equal(images.read_rgb(path, decoder), want_rgb, err_msg=str(path))
-        np.testing.assert_array_equal(images.read_codes(path, decoder), codes_of(want_rgb), err_msg=str(path))
+        np.testing.assert_array_equal(images.read_with(path, decoder), want_rgb, err_msg=str(path))
+        np.testing.assert_array_equal(images.read_with(path, decoder, codes=True), codes_of(want_rgb),
+                                      err_msg=str(path))
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_data_readers_use_the_decoder_and_convert_16_bit(tmp_path: Path, decoder: str) -> None:
-    data, want = CASES["rgb16"]
-    path = tmp_path / "deep.png"
+@pytest.mark.parametrize("case", ["rgb8", "rgb16"])
+def test_data_readers_choose_no_decoder_and_convert_16_bit(tmp_path: Path, case: str) -> None:
+    data, want = CASES[case]
+    path = tmp_path / "image.png"
     path.write_bytes(data)
-    np.testing.assert_array_equal(read_rgb(path, decoder), want)
+    np.testing.assert_array_equal(read_rgb(path), want)
+    np.testing.assert_array_equal(images.read_rgb(path), images.read_with(path, images.default_decoder()))
     lut = np.arange(256, dtype=np.uint8) % 14
-    labels = read_semantic(path, lut, decoder)
+    labels = read_semantic(path, lut)
     np.testing.assert_array_equal(labels, lut[np.minimum(codes_of(want), 255)])
 
 
@@ -190,16 +192,16 @@ def _damaged(data: bytes, kind: str) -> bytes:
 def test_damaged_files_raise_naming_the_file(tmp_path: Path, decoder: str, kind: str) -> None:
     path = tmp_path / "broken_frame.png"
     path.write_bytes(_damaged(CASES["rgb8"][0], kind))
-    for read in (images.read_rgb, images.read_codes):
+    for codes in (False, True):
         with pytest.raises(DatasetError, match="cannot decode image file .*broken_frame.png"):
-            read(path, decoder)
+            images.read_with(path, decoder, codes=codes)
 
 
 def test_missing_file_and_unknown_decoder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="image file not found: .*nowhere.png"):
         images.read_rgb(tmp_path / "nowhere.png")
     with pytest.raises(UnknownNameError, match="unknown decoder 'libpng'; choose one of: wuffs, spng, opencv"):
-        images.read_rgb(tmp_path / "nowhere.png", "libpng")
+        images.read_with(tmp_path / "nowhere.png", "libpng")
 
 
 def test_without_the_fast_packages_opencv_reads_everything(tmp_path: Path, monkeypatch) -> None:
@@ -210,7 +212,7 @@ def test_without_the_fast_packages_opencv_reads_everything(tmp_path: Path, monke
             images._load.cache_clear()
             assert images.available_decoders() == ["opencv"] and images.default_decoder() == "opencv"
             with pytest.raises(UnknownNameError, match="'spng' is not installed; installed: opencv"):
-                images.read_rgb(tmp_path / "x.png", "spng")
+                images.read_with(tmp_path / "x.png", "spng")
             for name in ("rgb8", "rgba8", "rgb16"):
                 data, want = CASES[name]
                 (tmp_path / "x.png").write_bytes(data)

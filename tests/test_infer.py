@@ -105,11 +105,41 @@ def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "missing.png")
 
 
+def nearest_by_formula(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Output pixel (y, x) takes the input pixel under its centre: row (2y + 1) h // 2H, column (2x + 1) w // 2W."""
+    h, w = labels.shape
+    return np.array([[labels[(2 * y + 1) * h // (2 * height), (2 * x + 1) * w // (2 * width)] for x in range(width)]
+                     for y in range(height)], dtype=labels.dtype)
+
+
 def test_resize_labels_nearest_picks_the_source_pixel_under_each_centre() -> None:
     labels = np.arange(6).reshape(2, 3)
     up = resize_labels_nearest(labels, 4, 6)
     assert np.array_equal(up, np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1))
     assert np.array_equal(resize_labels_nearest(up, 2, 3), labels)
+    rng = np.random.default_rng(5)
+    for (h, w), (height, width) in [((7, 11), (23, 17)), ((158, 256), (433, 700)), ((9, 4), (3, 10)), ((1, 1), (5, 2))]:
+        labels = rng.integers(0, NUM_CLASSES, (h, w)).astype(np.uint8)
+        np.testing.assert_array_equal(resize_labels_nearest(labels, height, width),
+                                      nearest_by_formula(labels, height, width), err_msg=f"{h}x{w} -> {height}x{width}")
+
+
+def test_a_prediction_gives_full_size_rows_and_class_shares_of_its_image() -> None:
+    from labcode.classes import CLASSES
+    from labcode.infer import Prediction, class_fractions
+
+    labels = np.random.default_rng(6).integers(0, 5, (13, 21)).astype(np.uint8)
+    prediction = Prediction(labels, width=50, height=31)
+    full = nearest_by_formula(labels, 31, 50)
+    np.testing.assert_array_equal(prediction.full(), full)
+    assert prediction.full().dtype == np.int64
+    np.testing.assert_array_equal(np.concatenate([prediction.rows(0, 7), prediction.rows(7, 30),
+                                                  prediction.rows(30, 31)]), full)
+    shares = prediction.fractions()
+    assert list(shares) == list(CLASSES) and sum(shares.values()) == pytest.approx(1.0)
+    for k, name in enumerate(CLASSES):
+        assert shares[name] == pytest.approx((full == k).mean(), abs=1e-12), name
+    assert class_fractions(labels) == {name: pytest.approx((labels == k).mean()) for k, name in enumerate(CLASSES)}
 
 
 def test_onnx_and_checkpoint_segmenters_agree_with_pytorch(model_files) -> None:

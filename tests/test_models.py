@@ -1,4 +1,4 @@
-"""Model registry, parameter counts, the summary table and ``python -m labcode.models``."""
+"""Model registry, parameter counts, the summary table and ``python -m labcode models``."""
 
 import re
 import subprocess
@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labcode.commands.models import main
 from labcode.deeplab import DeepLabV3Plus
 from labcode.errors import LabError, UnknownNameError
-from labcode.models import MODELS, build_model, count_parameters, main, model_summary
+from labcode.models import MODELS, build_model, count_parameters, model_summary
 from labcode.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_main_prints_a_summary(capsys):
 
 def test_python_dash_m_labcode_models():
     result = subprocess.run(
-        [sys.executable, "-m", "labcode.models", "--img-size", "32", "--num-blocks", "2", "--base-chan", "4"],
+        [sys.executable, "-m", "labcode", "models", "--img-size", "32", "--num-blocks", "2", "--base-chan", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -3,12 +3,15 @@ ended (100 % when finished) instead of the "0%" it showed when it appeared."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nbformat
 import pytest
 from tqdm.auto import tqdm
 
 from labcode.progress import progress_bar
-from tests.course import REPO
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_outside_jupyter_the_bar_is_tqdms_text_bar():

@@ -65,6 +65,15 @@ def test_effective_number_by_hand_and_beta_matters():
     assert sharp[0] > 2 * sharp[2]
 
 
+def test_beta_reaches_the_effective_strategy_alone():
+    for name, strategy in WEIGHT_STRATEGIES.items():
+        if name != "effective":
+            np.testing.assert_array_equal(class_weights(COUNTS, name, beta=0.5), strategy(COUNTS))
+            with pytest.raises(TypeError):
+                strategy(COUNTS, beta=0.5)
+    assert not np.allclose(class_weights(COUNTS, "effective", beta=0.5), class_weights(COUNTS, "effective", beta=0.99))
+
+
 def test_uniform_and_registry_errors():
     np.testing.assert_allclose(class_weights(COUNTS, "uniform"), [1, 0, 1, 1])
     with pytest.raises(UnknownNameError, match="valid names: effective, inverse, inverse_sqrt, median, uniform"):

@@ -1,18 +1,13 @@
-"""UNet: the block/encoder/decoder contract of the lab, padding, injectable blocks, exercise regions (any input size
-and training: the registry-wide tests of test_models.py)."""
-
-import ast
-from pathlib import Path
+"""UNet: the block/encoder/decoder contract of the lab, padding, injectable blocks (any input size and training:
+the registry-wide tests of test_models.py; the exercise regions: test_release_exercises.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import labcode.unet
 from labcode.models import count_parameters
 from labcode.unet import UNet, UNetConvBlock, UNetDecoder, UNetEncoder, UNetUpConvBlock
-from tools import release
 
 
 def conv_relu_bn_layers(block: nn.Module) -> list[type]:
@@ -120,33 +115,3 @@ def test_injected_blocks_are_used():
     assert all(isinstance(b, MyUpConvBlock) for b in model.decoder.up_blocks)
     model(torch.randn(1, 3, 16, 16))
     assert calls == {"down": 3, "up": 3}
-
-
-# --- exercise regions: what tools/release.py will blank out ---------------------------------------------------------
-
-EXPECTED_TITLES = [
-    "UNetConvBlock layers",
-    "UNetConvBlock forward",
-    "Encoder bottleneck",
-    "UNetUpConvBlock layers",
-    "UNetUpConvBlock forward",
-    "Decoder first and last layers",
-]
-
-
-def test_exercise_regions_are_well_formed_and_release_compiles():
-    source = Path(labcode.unet.__file__).read_text()
-    regions = release.find_regions(source, "labcode/unet.py")
-    assert [(region.stem, region.title) for region in regions] == [("03_unet", title) for title in EXPECTED_TITLES]
-
-    # Each region sits inside a function or method body, and is small.
-    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)]
-    for region in regions:
-        # (the END marker may follow the last statement: a comment is not part of the function node)
-        assert any(f.lineno < region.begin and region.end <= f.end_lineno + 1 for f in functions), region.title
-        assert len(region.body) <= 12, f"region {region.title!r} is not small"
-
-    # The student copy must still be valid Python, and keep what is not an exercise.
-    student = release.strip_regions(source, "labcode/unet.py")
-    compile(student, "unet_student.py", "exec")
-    assert "for block in self.blocks" in student  # the propagation loop stays in the student version

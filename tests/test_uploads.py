@@ -53,15 +53,41 @@ def test_png_strips_encode_exactly_the_image():
         encode_png_strips([image[:96]], 301, 97)
 
 
-def test_json_shares_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
-    from labcode.infer import OnnxSegmenter, resize_labels_nearest
-    from labcode.uploads import class_fractions, open_image, predict_labels
+def nearest_by_formula(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize written out pixel by pixel: output (y, x) takes input row (2y + 1) h // 2H and
+    column (2x + 1) w // 2W, the input pixel under the output pixel's centre."""
+    h, w = labels.shape
+    return np.array([[labels[(2 * y + 1) * h // (2 * height), (2 * x + 1) * w // (2 * width)] for x in range(width)]
+                     for y in range(height)], dtype=labels.dtype)
+
+
+def test_answers_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
+    from labcode.infer import OnnxSegmenter
+    from labcode.uploads import open_image, render_png
+    from labcode.viz import colorize
 
     segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
     img = open_image(encode(photo(700, 433, seed=9), "PNG"))
-    small = predict_labels(segmenter, img, 256)
-    assert small.dtype == np.uint8 and small.shape == (158, 256) and len(np.unique(small)) > 1
-    full = resize_labels_nearest(small, 433, 700)
+    prediction = segmenter.segment(img, max_size=256)
+    assert prediction.labels.dtype == np.uint8 and prediction.labels.shape == (158, 256)
+    assert len(np.unique(prediction.labels)) > 1
+    full = nearest_by_formula(prediction.labels, 433, 700)
+    np.testing.assert_array_equal(decode_png(render_png(img, prediction, "mask")), colorize(full))
     counts = np.bincount(full.ravel(), minlength=len(CLASSES))
-    np.testing.assert_allclose(class_fractions(small, (700, 433)), counts / full.size, atol=1e-12)
-    np.testing.assert_array_equal(full, segmenter.predict(np.asarray(img), max_size=256))  # as the library does
+    assert list(prediction.fractions()) == list(CLASSES)
+    np.testing.assert_allclose(list(prediction.fractions().values()), counts / full.size, atol=1e-12)
+    with pytest.raises(ValueError, match="700x433 image cannot be drawn on a 70x43"):
+        render_png(img.resize((70, 43)), prediction, "mask")
+
+
+def test_gray_uploads_are_segmented_as_their_rgb_copy(model_path):
+    from labcode.infer import OnnxSegmenter
+    from labcode.uploads import open_image
+
+    segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
+    gray = open_image(encode(photo(300, 200, seed=3).convert("L"), "PNG"))
+    assert gray.mode == "L"
+    rgb = np.repeat(np.asarray(gray)[..., None], 3, axis=2)
+    for max_size in (None, 100):
+        np.testing.assert_array_equal(segmenter.segment(gray, max_size=max_size).labels,
+                                      segmenter.segment(rgb, max_size=max_size).labels)

@@ -1,4 +1,8 @@
-"""``python -m labcode prepare``: decode, resize and cache a data set once, for fast training epochs."""
+"""``python -m labcode prepare``: decode, resize and cache a data set once, for fast training epochs.
+
+Run again with the same options, it resumes an interrupted cache, or checks a complete one against the checksums
+written with it (and rebuilds it if it is damaged).
+"""
 
 from __future__ import annotations
 

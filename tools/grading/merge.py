@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from pathlib import Path
 
 from tools.grading.course import Course
 
@@ -59,10 +58,6 @@ def reset_submission(course: Course, student: str) -> None:
                     grade.auto_score = 0
                     grade.needs_manual_grade = grade.manual_score is not None
         master.db.commit()
-
-
-def remove_scratch(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def set_manual_score(course: Course, student: str, notebook: str, grade_id: str, points: float) -> float | None:

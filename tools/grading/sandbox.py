@@ -351,8 +351,8 @@ def environment(spec: SandboxSpec, datadir: str = DATA, home: str = HOME, tmp: s
 # Limits: rlimits always, a cgroup where the machine allows it
 # --------------------------------------------------------------------------------------------------------------------
 
-CGROUP_V1 = Path("/sys/fs/cgroup")
-CGROUP_V2 = Path("/sys/fs/cgroup")
+#: Where the cgroup hierarchies are mounted: the v2 unified one, or one folder per v1 controller.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class Cgroup:
@@ -368,10 +368,10 @@ class Cgroup:
             self.dirs, self.kind = [], "none"
 
     def _create(self, name: str, limits: Limits) -> None:
-        if (CGROUP_V2 / "cgroup.controllers").is_file():
-            controllers = (CGROUP_V2 / "cgroup.controllers").read_text().split()
+        if (CGROUP_ROOT / "cgroup.controllers").is_file():
+            controllers = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
             if {"memory", "pids"} <= set(controllers):
-                parent = CGROUP_V2 / "labcode-grading"
+                parent = CGROUP_ROOT / "labcode-grading"
                 parent.mkdir(exist_ok=True)
                 (parent / "cgroup.subtree_control").write_text("+memory +pids")
                 group = parent / name
@@ -382,7 +382,7 @@ class Cgroup:
                 (group / "pids.max").write_text(str(limits.processes))
                 self.kind = "cgroup v2"
             return
-        memory, pids = CGROUP_V1 / "memory", CGROUP_V1 / "pids"
+        memory, pids = CGROUP_ROOT / "memory", CGROUP_ROOT / "pids"
         if (memory / "cgroup.procs").is_file() and (pids / "cgroup.procs").is_file():
             for hierarchy in (memory, pids):
                 group = hierarchy / "labcode-grading" / name
@@ -393,19 +393,6 @@ class Cgroup:
                 (self.dirs[0] / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_bytes))
             (self.dirs[1] / "pids.max").write_text(str(limits.processes))
             self.kind = "cgroup v1"
-
-    def enter(self) -> None:
-        """Move the calling process into the cgroup (used in the child between fork and exec)."""
-        for group in self.dirs:
-            (group / "cgroup.procs").write_text(str(os.getpid()))
-
-    def peak_memory(self) -> int | None:
-        """Highest memory use of the sandbox so far, in bytes, when the cgroup records it."""
-        for name in ("memory.max_usage_in_bytes", "memory.peak"):
-            for group in self.dirs:
-                if (group / name).is_file():
-                    return int((group / name).read_text().split()[0])
-        return None
 
     def oom_killed(self) -> bool:
         """Whether the kernel killed a process of the sandbox for exceeding its memory."""
