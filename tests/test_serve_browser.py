@@ -32,6 +32,14 @@ for (let i = 0; i < data.length; i += 4) colours.add(`${data[i]},${data[i + 1]},
 return [canvas.width, canvas.height, Array.from(colours)];
 """
 
+#: JavaScript returning the ``id`` of each <img> laid out on the page (not hidden) that shows no picture: a broken-image
+#: icon (no source, a source that failed, or one still loading).
+VISIBLY_BROKEN = """
+return Array.from(document.images)
+  .filter((img) => img.getClientRects().length > 0 && !(img.complete && img.naturalWidth > 0))
+  .map((img) => img.id || img.getAttribute("src") || "(no source)");
+"""
+
 
 def test_page_uploads_a_photo_and_shows_its_segmentation(chromium, tmp_path, tmp_path_factory):
     browser = chromium
@@ -48,12 +56,17 @@ def test_page_uploads_a_photo_and_shows_its_segmentation(chromium, tmp_path, tmp
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) == len(CLASSES))
         assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")] == list(CLASSES)
         assert model.name in browser.find_element(By.ID, "model").text
+        assert browser.execute_script(VISIBLY_BROKEN) == [], "broken-image frames before the first upload"
+        assert not browser.find_element(By.ID, "input").is_displayed()
+        assert not browser.find_element(By.ID, "result").is_displayed()
 
         browser.find_element(By.ID, "file").send_keys(str(photo_path))
         browser.find_element(By.ID, "submit").click()
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error", "request failed")))
         assert browser.find_element(By.ID, "status").text.startswith(f"done: {width}x{height}")
         wait.until(lambda d: d.execute_script("return document.getElementById('input').naturalWidth") > 0)
+        assert browser.execute_script(VISIBLY_BROKEN) == [], "broken images after the upload"
+        assert all(browser.find_element(By.ID, name).is_displayed() for name in ("input", "result"))
 
         shown_width, shown_height, colours = browser.execute_script(READ_PIXELS, "result")
         assert (shown_width, shown_height) == (width, height)
@@ -80,6 +93,11 @@ def test_page_uploads_a_photo_and_shows_its_segmentation(chromium, tmp_path, tmp
         browser.find_element(By.ID, "submit").click()
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("error"))
         assert "error 400: notes.txt is not an image" in browser.find_element(By.ID, "status").text
+        # The browser cannot draw the text file either: its frame is hidden, never shown as a broken image, and the
+        # last segmentation stays on display.
+        wait.until(lambda d: not d.find_element(By.ID, "input").is_displayed())
+        assert browser.execute_script(VISIBLY_BROKEN) == [], "a broken image after uploading a file that is no photo"
+        assert browser.find_element(By.ID, "result").is_displayed()
 
 
 def test_the_api_documentation_works_offline(chromium, tmp_path, tmp_path_factory):

@@ -6,9 +6,11 @@ put together by ``tools/distribution.py``) into ``<book>/_build/download/segment
 page's ``{{ clone_command }}`` (set by ``course_links``) becomes a link to download it; Sphinx copies the archive
 into the site's ``_downloads/``. With a repository set, nothing is built and the page gives the clone command.
 
-The archive holds one folder, ``segmentation-lab/``, as the clone would; the reference model is not in it (it is not
-in the repository: only ``make release`` ships it). Its entries carry a fixed date, so the same sources give the same
-archive.
+The archive holds one folder, ``segmentation-lab/``, as the clone would, the reference model included
+(``reference/unet_reference.onnx`` and its ``reference.json``, as every distribution ships them). The model is not in
+the repository: it is the one ``make reference`` trains (``$LABCODE_REFERENCE_MODEL`` names another). Without it,
+as on a fresh clone, no archive is built and the setup page gives the clone command only; the build log says why.
+The entries carry a fixed date, so the same sources give the same archive.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ ALWAYS_IGNORED = (".ipynb_checkpoints", "__pycache__", "*.pyc", "data", "runs")
 
 class DownloadError(Exception):
     """The distribution cannot be put together (the message names the missing file)."""
+
+
+class NoReferenceModel(DownloadError):
+    """The reference model that every distribution ships is not on this machine (not trained yet)."""
 
 
 def _distribution_module(root: Path):
@@ -83,19 +89,34 @@ def write_zip(folder: Path, archive: Path, prefix: str = FOLDER) -> Path:
     return archive
 
 
-def build_archive(root: Path, archive: Path) -> Path:
-    """The students' distribution of the repository at ``root``, without the reference model, zipped to ``archive``.
+def build_archive(root: Path, archive: Path, reference: Path | None = None) -> Path:
+    """The students' distribution of the repository at ``root``, zipped to ``archive``.
+
+    Args:
+        root: the course repository (or a copy of what the book is built from).
+        archive: the zip file to write.
+        reference: the reference model to ship, with its ``reference.json`` beside it; default:
+            ``$LABCODE_REFERENCE_MODEL`` when set, else the one ``make reference`` trains
+            (``tools/distribution.py``'s ``reference_model()``).
 
     Raises:
-        DownloadError: the student release or ``tools/distribution.py`` is missing.
+        NoReferenceModel: there is no reference model to ship.
+        DownloadError: the student release or ``tools/distribution.py`` is missing, or the distribution cannot be
+            built (the message says why).
     """
     release = root / "notebooks" / "segmentation"
     if not (release / "labcode" / "__init__.py").is_file():
         raise DownloadError(f"{release} holds no student release (no labcode/): run `make release` first")
     distribution = _distribution_module(root)
+    if reference is None:
+        override = os.environ.get("LABCODE_REFERENCE_MODEL")
+        reference = Path(override) if override else Path(distribution.reference_model())
+    if not reference.is_file():
+        raise NoReferenceModel(f"no reference model at {reference}, which the distribution ships: train it with "
+                               "`make reference`")
     with tempfile.TemporaryDirectory(prefix="student-download-") as tmp:
         try:
-            dist = distribution.build_distribution(release, Path(tmp) / "student", reference=None,
+            dist = distribution.build_distribution(release, Path(tmp) / "student", reference=reference,
                                                    links=distribution.load_links(root / "course.yml"),
                                                    ignore=ignored_names(root))
         except distribution.DistributionError as err:
@@ -116,6 +137,9 @@ def offer_download(app, config) -> None:
     archive = Path(app.srcdir) / OUTPUT / ARCHIVE
     try:
         build_archive(root, archive)
+    except NoReferenceModel as err:  # a fresh clone: the site is fine without the download, which says why
+        logging.getLogger(__name__).info(f"no download of the students' distribution: {err}")
+        return
     except DownloadError as err:
         logging.getLogger(__name__).warning(f"no download of the students' distribution: {err}")
         return
