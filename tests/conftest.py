@@ -83,6 +83,17 @@ def synth_root(tmp_path_factory) -> Path:
     return generate_dataset(out, images_per_area=4, size=64, seed=1, workers=1, progress=False)
 
 
+@pytest.fixture(scope="session")
+def reference_model(synth_root, tmp_path_factory) -> Path:
+    """A reference model of the small data set, made as ``make reference`` makes one but quickly (two short epochs
+    of the recipe): its ``best.onnx``, with the run's ``best.pt`` and ``reference.json`` beside it."""
+    from labcode.reference import train_reference
+
+    made = train_reference(synth_root, tmp_path_factory.mktemp("reference") / "run", progress=False, epochs=2,
+                           small=True, num_workers=0)
+    return Path(made["model"])
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: one thread is fastest, and the 2 CI cores stay free for subprocesses and loader workers."""
@@ -186,3 +197,59 @@ def grading_env(synth_root):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def built_site(request, tmp_path_factory) -> Path:
+    """The course site as ``make book`` builds it, once for the whole run: the folder of its HTML.
+
+    The notebook pages are the student release run by ``tools/site_notebooks.py`` on the small generated data set
+    (``synth_root``); the book is built with ``jupyter-book build -W`` from a copy of the committed sources whose
+    ``course.yml`` names no link (``tests.test_book``'s ``NO_LINKS``, ``_copy_sources`` and ``build``), so the setup
+    page offers the students' distribution as a zip; the reference model that the zip ships is a stand-in file (with
+    a ``reference.json``) named by ``$LABCODE_REFERENCE_MODEL`` during the build, whatever this machine has trained.
+    The test processes of one run (pytest-xdist workers) share the site: the first to ask builds it under a lock, the
+    others wait and reuse it; a failed build fails them all at once instead of being retried.
+    """
+    import fcntl
+
+    from tests.course import REPO
+    from tests.test_book import NO_LINKS, _copy_sources, build
+
+    release = REPO / "notebooks" / "segmentation"
+    if not release.is_dir():
+        pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    root = shared / "course-site"
+    html = root / "site" / "book" / "_build" / "html"
+    with open(shared / "course-site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / "FAILED").is_file():
+            pytest.fail("the course site failed to build (see the first test that asked for it):\n"
+                        + (root / "FAILED").read_text())
+        if not (root / "BUILT").is_file():
+            from labcode.reference import ENV_MODEL, INFO_KEYS, INFO_NAME
+            from tools.site_notebooks import build_site_notebooks
+
+            (root / "site").mkdir(parents=True, exist_ok=True)
+            (root / "reference").mkdir(exist_ok=True)
+            stand_in = root / "reference" / "best.onnx"
+            stand_in.write_bytes(b"a stand-in for the reference model")
+            (root / "reference" / INFO_NAME).write_text(json.dumps({key: None for key in INFO_KEYS}))
+            saved = os.environ.get(ENV_MODEL)
+            try:
+                pages = root / "pages" / "segmentation"
+                build_site_notebooks(pages, release=release, datadir=request.getfixturevalue("synth_root"), timeout=60)
+                os.environ[ENV_MODEL] = str(stand_in)  # for the download only: the notebooks ran with the real one
+                build(_copy_sources(root / "site", links=NO_LINKS, pages=pages))
+            except BaseException as error:
+                (root / "FAILED").write_text(str(error)[-5000:])
+                raise
+            finally:
+                if saved is None:
+                    os.environ.pop(ENV_MODEL, None)
+                else:
+                    os.environ[ENV_MODEL] = saved
+            (root / "BUILT").write_text(str(html))
+    return html

@@ -22,14 +22,11 @@ RELEASE = REPO / "notebooks" / "segmentation"
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    """A distribution built from the tracked student release, with a stand-in reference model file."""
+def dist(tmp_path_factory, reference_model) -> Path:
+    """A distribution built from the tracked student release, with a small reference model of the test data."""
     tmp = tmp_path_factory.mktemp("dist")
-    reference = tmp / "reference.onnx"
-    reference.write_bytes(b"onnx stand-in")
-    (tmp / "reference.json").write_text("{}")
     links = distribution.CourseLinks(site_url="https://course.example.org/segmentation")
-    return distribution.build_distribution(RELEASE, tmp / "student", reference=reference, links=links,
+    return distribution.build_distribution(RELEASE, tmp / "student", reference=reference_model, links=links,
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
 
 
@@ -54,13 +51,11 @@ def instructor_text(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh_dist(tmp_path_factory) -> Path:
+def fresh_dist(tmp_path_factory, reference_model) -> Path:
     """A distribution built as ``make release`` builds it, from a release made now from the sources."""
     tmp = tmp_path_factory.mktemp("fresh")
     fresh = release.build_release(tmp / "notebooks")
-    reference = tmp / "reference.onnx"
-    reference.write_bytes(b"onnx stand-in")
-    return distribution.build_distribution(fresh, tmp / "student", reference=reference,
+    return distribution.build_distribution(fresh, tmp / "student", reference=reference_model,
                                            links=distribution.CourseLinks(),
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
 
@@ -79,7 +74,7 @@ def test_no_file_of_the_distribution_speaks_of_the_instructors_material(fresh_di
     assert sorted(found) == sorted(["instructor", "solutions/", "BEGIN SOLUTION", "tools/", "do NOT edit by hand"])
 
 
-def test_the_distribution_holds_the_students_material_and_nothing_else(dist):
+def test_the_distribution_holds_the_students_material_and_nothing_else(dist, reference_model):
     top = sorted(p.name for p in dist.iterdir())
     assert top == [".gitignore", "Makefile", "README.md", "labcode.py", "reference", "requirements-gpu.txt",
                    "requirements.txt", "segmentation"]
@@ -91,7 +86,7 @@ def test_the_distribution_holds_the_students_material_and_nothing_else(dist):
              if p.is_file()}
     assert files == {p.relative_to(RELEASE).as_posix() for p in RELEASE.rglob("*") if p.is_file()
                      and "__pycache__" not in p.parts}
-    assert (dist / "reference" / distribution.REFERENCE_NAME).read_bytes() == b"onnx stand-in"
+    assert (dist / "reference" / distribution.REFERENCE_NAME).read_bytes() == reference_model.read_bytes()
     for name in ("requirements.txt", "requirements-gpu.txt"):
         requirements = (dist / name).read_text()
         assert "nbgrader" not in requirements and "-e ." not in requirements and "labcode" not in requirements.lower()
@@ -226,7 +221,12 @@ def test_publishing_needs_a_target_and_a_reference_model(tmp_path, monkeypatch, 
     assert "nowhere to publish" in capsys.readouterr().err
     (tmp_path / "README.md").write_text("x")
     assert distribution.main(["--dist", str(tmp_path), "--publish", str(tmp_path / "r.git")]) == 2
-    assert "has no reference model" in capsys.readouterr().err
+    assert f"has no reference/{distribution.REFERENCE_NAME}: run `make release`" in capsys.readouterr().err
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / distribution.REFERENCE_NAME).write_bytes(b"onnx")
+    assert distribution.main(["--dist", str(tmp_path), "--publish", str(tmp_path / "r.git")]) == 2
+    assert "has no reference/reference.json" in capsys.readouterr().err
+    assert not (tmp_path / "r.git").exists()
 
 
 def test_course_links_come_from_one_file(tmp_path):
@@ -240,11 +240,93 @@ def test_course_links_come_from_one_file(tmp_path):
     assert shipped == distribution.CourseLinks(), "the repository ships without links (no placeholder)"
 
 
-def test_notebooks_of_the_distribution_find_the_shipped_reference_model(dist, tmp_path):
+def test_notebooks_of_the_distribution_find_the_shipped_reference_model(fresh_dist, reference_model, tmp_path):
+    dist = fresh_dist  # the library as it is now (the tracked release may lag behind it until `make release`)
     require(GRADING_PYTHON.is_file(), "no grading environment (bash scripts/setup.sh --grading)")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "LABCODE_REFERENCE_MODEL")}
     env["LABCODE_DATA_HOME"] = str(tmp_path / "cache")  # nothing trained on this machine
-    found = subprocess.run([str(GRADING_PYTHON), "-c", "from labcode.reference import reference_model_path as p; "
-                            "print(p())"], cwd=dist / "segmentation", env=env, capture_output=True, text=True,
-                           timeout=120)
-    assert found.stdout.strip() == str(dist / "reference" / distribution.REFERENCE_NAME), found.stderr
+    code = ("import json; from labcode import reference as r; m = r.find_reference_model(); "
+            "print(json.dumps([str(m), r.training_info(m)]))")
+    found = subprocess.run([str(GRADING_PYTHON), "-c", code], cwd=dist / "segmentation", env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    model, info = json.loads(found.stdout)
+    shipped = dist / "reference" / distribution.REFERENCE_NAME
+    assert model == str(shipped)
+    made = json.loads(reference_model.with_name("reference.json").read_text())
+    # the size it is scored at, and its areas
+    assert (info["img_size"], info["areas_train"]) == (made["img_size"], made["areas_train"])
+
+
+def test_the_shipped_metadata_is_the_reference_run_s_without_the_instructors_paths(dist, reference_model):
+    from labcode.reference import INFO_KEYS, reference_info
+
+    made = json.loads(reference_model.with_name("reference.json").read_text())
+    shipped = reference_info(dist / "reference")
+    assert shipped["model"] == str(dist / "reference" / distribution.REFERENCE_NAME)
+    assert {key: shipped[key] for key in INFO_KEYS} == {key: made[key] for key in INFO_KEYS}
+    assert shipped["recipe"]["img_size"] == made["img_size"] and shipped["recipe"]["epochs"] == 2
+    text = (dist / "reference" / "reference.json").read_text()
+    for local in (str(reference_model.parent), made["datadir"], "logdir", "command"):
+        assert local not in text, local
+
+
+def test_no_distribution_without_the_reference_model(tmp_path, reference_model, capsys):
+    dest = tmp_path / "dist" / "student"
+    dest.mkdir(parents=True)
+    (dest / "README.md").write_text("the previous distribution")
+    missing = tmp_path / "untrained" / "best.onnx"
+    with pytest.raises(distribution.DistributionError,
+                       match=rf"no reference model at {re.escape(str(missing))}: .*`make reference`"):
+        distribution.build_distribution(RELEASE, dest, reference=missing, links=distribution.CourseLinks())
+    # A model without its metadata, or with a reference.json of an older version: refused too.
+    alone = tmp_path / "alone" / "best.onnx"
+    alone.parent.mkdir()
+    alone.write_bytes(reference_model.read_bytes())
+    with pytest.raises(distribution.DistributionError, match=r"cannot be shipped: .*has no reference\.json"):
+        distribution.build_distribution(RELEASE, dest, reference=alone, links=distribution.CourseLinks())
+    (alone.parent / "reference.json").write_text(json.dumps({"eval_img_size": 128, "train_images": 9}))
+    with pytest.raises(distribution.DistributionError, match=r"reference\.json lacks img_size, .*--force"):
+        distribution.build_distribution(RELEASE, dest, reference=alone, links=distribution.CourseLinks())
+    # Nothing half-written: the previous distribution is as it was, and no staging folder is left behind.
+    assert [p.name for p in dest.iterdir()] == ["README.md"] and (dest / "README.md").read_text() == \
+        "the previous distribution"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["student"]
+
+    # The release command stops before writing anything, naming the file and the command.
+    out, dist_dir = tmp_path / "release", tmp_path / "dist2"
+    code = release.main(["--out", str(out), "--dist", str(dist_dir), "--reference", str(missing),
+                         "--db-url", f"sqlite:///{tmp_path / 'gradebook.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no reference model at {missing}" in err and "make reference" in err
+    assert not out.exists() and not dist_dir.exists() and not (tmp_path / "gradebook.db").exists()
+
+
+def test_make_release_makes_the_reference_model_first_and_keeps_an_existing_one():
+    done = subprocess.run(["make", "-n", "release"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if "labcode reference" in line or "release.py" in line]
+    assert len(commands) == 2 and "-m labcode reference" in commands[0] and "tools/release.py" in commands[1]
+    assert "--force" not in commands[0]  # `python -m labcode reference` keeps a complete reference run
+
+
+def test_students_are_told_which_files_they_write(dist):
+    import labcode
+    from labcode.check import EXERCISE_FILES, format_report
+
+    exercises = distribution.exercise_files()
+    assert len(exercises) == 3 and set(exercises) == set(EXERCISE_FILES)
+    assert exercises == [f"labcode/{name}" for name in ("transforms.py", "unet.py", "stats.py")]
+    # Those are the files of the student copy holding the stubs, and only those.
+    stubbed = sorted(p.relative_to(dist / "segmentation").as_posix()
+                     for p in (dist / "segmentation" / "labcode").rglob("*.py")
+                     if "raise NotImplementedError(" in p.read_text() and '# EXERCISE "' in p.read_text())
+    assert stubbed == sorted(exercises)
+    readme = (dist / "README.md").read_text()
+    docstring = " ".join(labcode.__doc__.split())
+    last_line = format_report([]).splitlines()[-1]
+    for name in exercises:
+        assert f"`segmentation/{name}`" in readme, name
+        assert f"``{name}``" in docstring, name
+        assert name in last_line, name
+    assert "may be missing" not in readme and "not in this copy" not in readme

@@ -64,7 +64,12 @@ def test_reference_command_trains_scores_and_then_keeps_the_model(synth_root: Pa
     assert sorted(scores) == ["5a", "5a+5b", "5b", "train"]
     assert scores["train"]["images"] == len(StanfordDataset(synth_root, areas=["1", "2", "3", "4", "6"]))
     assert scores["5a"]["images"] + scores["5b"]["images"] == scores["5a+5b"]["images"] == 8
-    assert summary["train_images"] + summary["valid_images"] == scores["train"]["images"]
+    assert summary["train_size"] + summary["valid_size"] == scores["train"]["images"]
+    # The metadata the notebooks read, under the names of fit's result and of the training configuration.
+    assert summary["img_size"] == summary["recipe"]["img_size"] == reference.CPU_RECIPE["img_size"]
+    assert summary["areas_train"] == ["1", "2", "3", "4", "6"] and 0 <= summary["best_macro_f1"] <= 1
+    assert set(reference.INFO_KEYS) <= set(summary)
+    assert reference.reference_info(out) == reference.reference_info(out / "best.onnx") == summary
     assert f"macro F1 {scores['5a+5b']['macro_f1']:.3f}" in printed and "areas 5a + 5b" in printed
 
     # The kept model is the epoch with the best validation macro F1.
@@ -160,17 +165,131 @@ def test_split_of_the_reference_validation_is_room_disjoint(synth_root: Path):
     assert not {area for area, _ in valid_rooms} & set(reference.TEST_AREAS)
 
 
-def test_scores_written_with_the_former_metric_names_read_under_today_s(tmp_path: Path) -> None:
-    from labcode.commands.reference import describe
+def test_reference_info_reads_the_metadata_back_and_refuses_what_it_cannot_trust(reference_model: Path,
+                                                                                 tmp_path: Path, data_home):
+    info = reference.reference_info(reference_model)
+    written = json.loads(reference_model.with_name("reference.json").read_text())
+    assert info == {**written, "model": str(reference_model)}
+    assert info["img_size"] == written["recipe"]["img_size"] and info["areas_train"] == ["1", "2", "3", "4", "6"]
+    assert info["train_size"] > 0 and info["valid_size"] > 0 and 0 <= info["best_epoch"] < 2
+    assert sorted(info["scores"]) == ["5a", "5a+5b", "5b", "train"]
+    assert set(info["scores"]["5a"]) == set(reference.SCORE_KEYS)
+    assert reference.is_complete(reference_model.parent)
 
-    old = {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "miou": 0.4, "accuracy": 0.8, "f1": {"wall": 0.5},
-           "iou": {"wall": 0.4}}
-    summary = {"model": "best.onnx", "training_seconds": 60, "device": "cpu", "precision": "fp32", "train_images": 9,
-               "valid_images": 1, "best_epoch": 0, "best_valid_macro_f1": 0.5,
-               "scores": {"train": {**old, "areas": ["1"]}, "5a": old}}
-    (tmp_path / "reference.json").write_text(json.dumps(summary))
-    scores = reference.read_scores(tmp_path)["scores"]["5a"]
-    assert scores == {"areas": ["5a"], "images": 4, "macro_f1": 0.5, "mean_iou": 0.4, "pixel_accuracy": 0.8,
-                      "f1_per_class": {"wall": 0.5}, "iou_per_class": {"wall": 0.4}}
-    assert "area 5a                      macro F1 0.500, mIoU 0.400, accuracy 0.800 (4 images)" in describe(
-        reference.read_scores(tmp_path))
+    # Nothing found: the message says where it looked and how to get the model.
+    with pytest.raises(LabError, match=r"no reference model at .*/unet_reference\.onnx.*python -m labcode reference"):
+        reference.reference_info()
+    # A model without its reference.json, or one written by an older version (former key names): refused.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "best.onnx").write_bytes(reference_model.read_bytes())
+    with pytest.raises(LabError, match=r"has no reference\.json beside it .*--force"):
+        reference.reference_info(alone / "best.onnx")
+    old = {key: value for key, value in written.items() if key not in ("train_size", "best_macro_f1", "img_size")}
+    (alone / "reference.json").write_text(json.dumps({**old, "train_images": 9, "eval_img_size": 128}))
+    with pytest.raises(LabError, match=r"reference\.json lacks img_size, train_size, best_macro_f1 .*--force"):
+        reference.reference_info(alone)
+    assert not reference.is_complete(alone)  # so `python -m labcode reference` makes it again
+
+
+def _with_metadata(source: Path, dest: Path, entries: dict[str, str]) -> Path:
+    import onnx
+
+    proto = onnx.load(str(source))
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_training_info_finds_the_size_and_areas_of_any_model(reference_model: Path, tmp_path: Path):
+    from labcode.checkpoint import load_checkpoint
+
+    recipe_size = json.loads(reference_model.with_name("reference.json").read_text())["img_size"]
+    # The reference model: its reference.json, also under the name the distribution ships it as.
+    found = reference.training_info(reference_model)
+    assert (found["img_size"], found["areas_train"]) == (recipe_size, ["1", "2", "3", "4", "6"])
+    shipped = tmp_path / "reference" / reference.SHIPPED_NAME
+    shipped.parent.mkdir()
+    shipped.write_bytes(reference_model.read_bytes())
+    (shipped.parent / "reference.json").write_text(reference_model.with_name("reference.json").read_text())
+    assert reference.training_info(shipped)["img_size"] == recipe_size
+    # A model whose ONNX metadata says how it was trained.
+    stamped = _with_metadata(reference_model, tmp_path / "stamped.onnx",
+                             {"img_size": "96", "areas_train": json.dumps(["3", "4"])})
+    assert reference.training_info(stamped) == {"model": str(stamped), "img_size": 96, "areas_train": ["3", "4"],
+                                                "source": "the metadata of stamped.onnx"}
+    # A training run's best.onnx: the checkpoint beside it.
+    run = tmp_path / "runs" / "run_1"
+    run.mkdir(parents=True)
+    (run / "best.onnx").write_bytes(reference_model.read_bytes())
+    (run / "best.pt").write_bytes(reference_model.with_name("best.pt").read_bytes())
+    config = load_checkpoint(run / "best.pt")["config"]
+    assert reference.training_info(run / "best.onnx")["img_size"] == config["img_size"]
+    # Notebook 5's my_model.onnx, a copy of a run's best.onnx: that run's checkpoint.
+    mine = tmp_path / "my_model.onnx"
+    mine.write_bytes(reference_model.read_bytes())
+    found = reference.training_info(mine)
+    assert found["img_size"] == config["img_size"] and found["source"] == str(run / "best.pt")
+    # Another model: nothing tells, so nothing is made up.
+    (run / "best.onnx").write_bytes(b"changed")
+    assert reference.training_info(mine) == {"model": str(mine), "img_size": None, "areas_train": None,
+                                             "source": "nothing"}
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        reference.training_info(tmp_path / "missing.onnx")
+
+
+def _notebook_cell(stem: str, cell_id: str) -> str:
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "solutions" / "segmentation" / f"{stem}.ipynb",
+                       as_version=4)
+    return next(cell.source for cell in nb.cells if cell.get("id") == cell_id)
+
+
+def test_notebook_6_studies_the_model_at_the_size_it_was_trained_at_and_never_trains(reference_model: Path,
+                                                                                    tmp_path: Path, data_home,
+                                                                                    monkeypatch, capsys):
+    source = _notebook_cell("06_inference_onnx", "06-02")  # the cell that chooses MODEL, EVAL_SIZE, TRAIN_AREAS
+    assert "fit(" not in source and "train_reference" not in source
+    info = json.loads(reference_model.with_name("reference.json").read_text())
+    folder = tmp_path / "segmentation"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+
+    def run_cell() -> dict:
+        namespace = {"Path": Path, "GRADING": False}
+        exec(compile(source, "06_inference_onnx.ipynb:06-02", "exec"), namespace)
+        return namespace
+
+    # As shipped in the distribution: reference/unet_reference.onnx with its reference.json.
+    shipped = tmp_path / "reference" / reference.SHIPPED_NAME
+    shipped.parent.mkdir()
+    shipped.write_bytes(reference_model.read_bytes())
+    (shipped.parent / "reference.json").write_text(reference_model.with_name("reference.json").read_text())
+    monkeypatch.setenv(reference.ENV_MODEL, str(shipped))
+    ns = run_cell()
+    assert ns["MODEL"] == shipped and ns["YOURS"] is None
+    assert ns["EVAL_SIZE"] == info["img_size"] and ns["TRAIN_AREAS"] == info["areas_train"]
+    assert f"model: {shipped} (the reference model" in capsys.readouterr().out
+
+    # The student's my_model.onnx (a copy of a run of notebook 5) is "yours", with the size of its own run.
+    run = folder / "runs" / "recipe"
+    run.mkdir(parents=True)
+    (run / "best.onnx").write_bytes(reference_model.read_bytes())
+    (run / "best.pt").write_bytes(reference_model.with_name("best.pt").read_bytes())
+    (folder / "my_model.onnx").write_bytes(reference_model.read_bytes())
+    newer = folder / "runs" / "short"  # the newest run is not the chosen one
+    newer.mkdir()
+    (newer / "best.onnx").write_bytes(b"another model")
+    assert run_cell()["YOURS"] == Path("my_model.onnx")
+    monkeypatch.setenv(reference.ENV_MODEL, str(tmp_path / "nowhere.onnx"))
+    ns = run_cell()
+    assert ns["MODEL"] == Path("my_model.onnx") and ns["EVAL_SIZE"] == info["recipe"]["img_size"]
+    assert "The questions study your model instead." in capsys.readouterr().out
+
+    # No model at all: a message saying how to get the reference model, and no training.
+    (folder / "my_model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no reference model at .*nowhere\.onnx.*reference/unet_reference"):
+        run_cell()

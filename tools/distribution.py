@@ -13,7 +13,9 @@
     labcode.py         a stand-in that stops ``python -m labcode...`` run here with a message: the library is in
                        segmentation/, where the notebooks and commands run
     segmentation/      the student release of the assignment (notebooks and the stripped labcode/)
-    reference/         the course's reference model, when it has been trained (make reference)
+    reference/         the course's reference model (unet_reference.onnx) and its reference.json (the size and
+                       areas it was trained on, its scores), which notebook 6 reads; always there: a distribution
+                       without them is refused (make release trains the model first when it is missing)
 
 Nothing else of this repository goes in: no solutions, no instructor library, no tools, no tests. Publish it with::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -37,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from labcode.reference import INFO_NAME  # noqa: E402  (the model's metadata, beside it)
 from labcode.reference import SHIPPED_NAME as REFERENCE_NAME  # noqa: E402  (where notebooks look for it)
 
 DIST = REPO / "dist" / "student"
@@ -80,12 +84,46 @@ def load_links(path: Path = COURSE_FILE) -> CourseLinks:
     return CourseLinks(**{key: str(value or "") for key, value in values.items()})
 
 
-def reference_model() -> Path | None:
-    """The reference model trained by ``make reference``, if it exists."""
+def reference_model() -> Path:
+    """The reference model that ``make reference`` trains (``best.onnx`` of :func:`labcode.reference.reference_dir`),
+    whether it exists or not: :func:`build_distribution` refuses a missing one."""
     from labcode.reference import reference_dir
 
-    candidate = reference_dir() / "best.onnx"
-    return candidate if candidate.is_file() else None
+    return reference_dir() / "best.onnx"
+
+
+#: What ``reference/reference.json`` of the distribution keeps of the reference run's: no path of the instructors'
+#: machine (the model is the file beside it), everything notebook 6 and curious students read.
+SHIPPED_INFO_KEYS = ("protocol", "img_size", "areas_train", "train_size", "valid_size", "best_epoch", "best_macro_f1",
+                     "training_seconds", "epoch_times", "precision", "device", "parity", "scores")
+#: Fields of the recipe (``TrainConfig``) that name places or commands of the instructors' machine.
+_LOCAL_RECIPE_FIELDS = ("datadir", "cache_dir", "logdir", "run_name", "resume", "command")
+
+
+def shipped_info(reference: Path) -> dict:
+    """The ``reference.json`` shipped beside the model: the reference run's, without the instructors' paths.
+
+    Args:
+        reference: the reference model's ONNX file, with its ``reference.json`` beside it.
+
+    Raises:
+        DistributionError: the model or its ``reference.json`` is missing or incomplete (the message names the file
+            and the command that makes them).
+    """
+    from labcode.errors import LabError
+    from labcode.reference import reference_info
+
+    if not reference.is_file():
+        raise DistributionError(f"no reference model at {reference}: the students' distribution always ships it; "
+                                "train it with `make reference` (python -m labcode reference), then run `make "
+                                "release` again")
+    try:
+        info = reference_info(reference)
+    except LabError as err:
+        raise DistributionError(f"the reference model cannot be shipped: {err}") from err
+    recipe = {key: value for key, value in info.get("recipe", {}).items() if key not in _LOCAL_RECIPE_FIELDS}
+    return {"model": REFERENCE_NAME, **{key: info[key] for key in SHIPPED_INFO_KEYS if key in info},
+            "recipe": recipe}
 
 
 #: Where pip finds PyTorch's CPU builds (``torch==<version>+cpu`` for Linux and Windows; macOS has only those).
@@ -131,28 +169,54 @@ def student_requirements(source: str, build: str, name: str = "requirements-stud
     return _HEADERS[build] + "\n".join(lines) + "\n"
 
 
-def render_readme(links: CourseLinks, has_reference: bool) -> str:
+def exercise_files(library: Path = REPO / "labcode") -> list[str]:
+    """The files of the library that hold exercises, the ones students write (``labcode/unet.py``...): those with
+    exercise regions (:func:`tools.release.find_regions`), which the release turns into stubs; in the order of the
+    notebooks that ask for them."""
+    from tools.release import find_regions
+
+    first_asked = {}
+    for path in library.rglob("*.py"):
+        regions = [] if "__pycache__" in path.parts else find_regions(path.read_text(encoding="utf-8"), str(path))
+        if regions:
+            first_asked[f"{library.name}/{path.relative_to(library).as_posix()}"] = min(r.stem for r in regions)
+    return sorted(first_asked, key=lambda name: (first_asked[name], name))
+
+
+def render_readme(links: CourseLinks, exercises: list[str]) -> str:
+    """The students' README (``tools/student/README.md``) with the course's links and the files they write.
+
+    Args:
+        links: the course's links (the site's address, when set, is given).
+        exercises: the library files holding exercises, relative to ``segmentation/`` (:func:`exercise_files`).
+    """
     text = (TEMPLATES / "README.md").read_text()
-    reference_note = "`reference/unet_reference.onnx`, evaluated in notebook 6" if has_reference else \
-        "not in this copy: your instructors publish it with the next release"
+    files = "\n".join(f"- `segmentation/{name}`" for name in exercises)
     site_note = f"The course site, with a chapter for each notebook: <{links.site_url}>." if links.site_url else ""
-    return text.replace("{reference_note}", reference_note).replace("{site_note}", site_note).rstrip() + "\n"
+    return text.replace("{exercise_files}", files).replace("{site_note}", site_note).rstrip() + "\n"
 
 
-def build_distribution(release: Path, dest: Path = DIST, *, reference: Path | None = None,
+def build_distribution(release: Path, dest: Path = DIST, *, reference: Path,
                        links: CourseLinks | None = None, ignore: tuple[str, ...] = ()) -> Path:
     """Write the students' distribution to ``dest`` (replaced entirely).
 
     Args:
         release: the student release of the assignment (``notebooks/segmentation``).
         dest: the folder to write.
-        reference: the reference model to ship (left out when ``None``).
+        reference: the reference model to ship (an ONNX file with its ``reference.json`` beside it, as ``make
+            reference`` writes them; :func:`reference_model`).
         links: the course's links (``course.yml`` when ``None``).
         ignore: name patterns left out of the release copy (the course's ``CourseDirectory.ignore``).
+
+    Raises:
+        DistributionError: no student release in ``release``, or no reference model with its ``reference.json``
+            (nothing is written then, and ``dest`` is left as it was).
     """
     links = load_links() if links is None else links
     if not (release / "labcode" / "__init__.py").is_file():
         raise DistributionError(f"{release} is not a student release (no labcode/): run `make release` first")
+    info = shipped_info(Path(reference))
+    exercises = exercise_files()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dist-", dir=dest.parent) as tmp:
         staging = Path(tmp) / "student"
@@ -161,16 +225,13 @@ def build_distribution(release: Path, dest: Path = DIST, *, reference: Path | No
         packages = (REPO / "requirements-student.txt").read_text()
         (staging / "requirements.txt").write_text(student_requirements(packages, "cpu"))
         (staging / "requirements-gpu.txt").write_text(student_requirements(packages, "gpu"))
-        (staging / "README.md").write_text(render_readme(links, reference is not None))
+        (staging / "README.md").write_text(render_readme(links, exercises))
         shutil.copyfile(TEMPLATES / "Makefile", staging / "Makefile")
         shutil.copyfile(TEMPLATES / "labcode.py", staging / "labcode.py")
         shutil.copyfile(TEMPLATES / "gitignore", staging / ".gitignore")
-        if reference is not None:
-            (staging / "reference").mkdir()
-            shutil.copyfile(reference, staging / "reference" / REFERENCE_NAME)
-            scores = reference.with_name("reference.json")
-            if scores.is_file():
-                shutil.copyfile(scores, staging / "reference" / "reference.json")
+        (staging / "reference").mkdir()
+        shutil.copyfile(reference, staging / "reference" / REFERENCE_NAME)
+        (staging / "reference" / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)
@@ -235,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         if not target:
             raise DistributionError("nowhere to publish: give --publish TARGET or set student_repository in "
                                     f"{COURSE_FILE.name}")
-        if not (args.dist / "reference" / REFERENCE_NAME).is_file():
-            raise DistributionError(f"{args.dist} has no reference model: run `make reference` then `make release`")
+        for name in (REFERENCE_NAME, INFO_NAME):
+            if not (args.dist / "reference" / name).is_file():
+                raise DistributionError(f"{args.dist} has no reference/{name}: run `make release` (it trains the "
+                                        "reference model first when it is missing)")
         commit = publish(args.dist, target, branch=args.branch or links.student_branch or "main")
     except DistributionError as err:
         print(f"error: {err}", file=sys.stderr)

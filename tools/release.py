@@ -21,13 +21,15 @@
    starts with :func:`library_header`, whose first words (``STUDENT_COPY_HEADER``) let the self-check tell a
    student copy from this library.
 
-The output replaces ``<out>/segmentation`` entirely; running the script twice gives identical files.
+The output replaces ``<out>/segmentation`` entirely; running the script twice gives identical files. Then it writes
+the students' distribution (:mod:`tools.distribution`), which always ships the reference model: without one (``make
+reference`` trains it; ``make release`` runs that first) the script stops before writing anything.
 
 Usage::
 
     python tools/release.py                   # regenerate notebooks/ (and gradebook.db)
     python tools/release.py --check           # exit 1 if notebooks/ differs from a fresh build
-    python tools/release.py --out /tmp/rel    # build elsewhere
+    python tools/release.py --out /tmp/rel --dist /tmp/dist   # build elsewhere
 """
 
 from __future__ import annotations
@@ -352,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="build into a temporary folder and report the files that differ from --out")
     parser.add_argument("--dist", type=Path, default=REPO / "dist" / "student",
                         help="the students' distribution written from the release (default: dist/student)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="the reference model shipped in the distribution, with its reference.json beside it "
+                             "(default: the one `make reference` trains; the release is refused without one)")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -364,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{args.out / ASSIGNMENT} is up to date")
             return 0
-        dest = build_release(args.out, db_url=args.db_url or f"sqlite:///{REPO / 'gradebook.db'}")
-        from tools.distribution import DistributionError, build_distribution, reference_model
+        from tools.distribution import DistributionError, build_distribution, reference_model, shipped_info
 
-        reference = reference_model()
+        reference = args.reference or reference_model()
+        shipped_info(reference)  # no reference model: refused before anything is written
+        dest = build_release(args.out, db_url=args.db_url or f"sqlite:///{REPO / 'gradebook.db'}")
         dist = build_distribution(dest, args.dist, reference=reference,
                                   ignore=tuple(load_course_config().CourseDirectory.ignore))
     except (ReleaseError, DistributionError) as err:
@@ -376,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = sorted(p.name for p in dest.glob("*.ipynb"))
     library = [p for p in (dest / LIBRARY).rglob("*.py")]
     print(f"wrote {len(notebooks)} notebooks ({', '.join(notebooks)}) and {len(library)} library files to {dest}")
-    print(f"wrote the students' distribution to {dist}" + ("" if reference else
-          " (without the reference model: run `make reference`, then `make release` again before publishing)"))
+    print(f"wrote the students' distribution to {dist}, with the reference model {reference}")
     return 0
 
 
