@@ -182,14 +182,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="module")
-def grading_env(synth_root):
-    """The grader's environment for the grading tests: the generated data set, the instructor library importable by
-    the grader (never by the submissions); skipped without a working sandbox (a failure in CI)."""
+def grading_env(synth_root, reference_model):
+    """The grader's environment for the grading tests: the generated data set, the reference model the notebooks
+    study (as the students' distribution ships it), the instructor library importable by the grader (never by the
+    submissions); skipped without a working sandbox (a failure in CI)."""
     from tests.course import REPO, require_sandbox
 
     require_sandbox()
-    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH")}
+    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH", "LABCODE_REFERENCE_MODEL")}
     os.environ["LABCODE_DATADIR"] = str(synth_root)
+    os.environ["LABCODE_REFERENCE_MODEL"] = str(reference_model)
     os.environ["PYTHONPATH"] = str(REPO)  # the instructor library is importable by the grader, never by submissions
     yield synth_root
     for key, value in saved.items():

@@ -163,10 +163,11 @@ def blank_with_hooks(course: Path, student: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def attacked(tmp_path_factory, synth_root):
+def attacked(tmp_path_factory, synth_root, reference_model):
     require_sandbox()
-    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH")}
+    saved = {key: os.environ.get(key) for key in ("LABCODE_DATADIR", "PYTHONPATH", "LABCODE_REFERENCE_MODEL")}
     os.environ["LABCODE_DATADIR"] = str(synth_root)
+    os.environ["LABCODE_REFERENCE_MODEL"] = str(reference_model)
     os.environ["PYTHONPATH"] = str(REPO)
     course = make_course(tmp_path_factory.mktemp("course"))
     new_submission(course, "honest")

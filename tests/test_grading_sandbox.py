@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -56,6 +57,32 @@ for path in {paths!r}:
 """)
     assert done.stdout.splitlines() == [f"wrote {paths[0]}", f"wrote {paths[1]}",
                                         *(f"refused {path}" for path in paths[2:])], done.stdout + done.stderr
+
+
+def test_the_reference_model_is_there_read_only_with_its_description_and_nothing_else_of_its_folder(spec,
+                                                                                                     tmp_path):
+    run = tmp_path / "reference-run"
+    run.mkdir()
+    (run / "best.onnx").write_bytes(b"onnx bytes")
+    (run / "reference.json").write_text('{"img_size": 64}')
+    (run / "best.pt").write_bytes(b"the instructor's checkpoint")
+    done = run_python(dataclasses.replace(spec, reference=run / "best.onnx"), """
+import os
+model = os.environ["LABCODE_REFERENCE_MODEL"]
+print(model, open(model, "rb").read().decode(), sorted(os.listdir(os.path.dirname(model))))
+print(open(os.path.join(os.path.dirname(model), "reference.json")).read())
+try:
+    open(model, "ab")
+except OSError as err:
+    print("read-only", err.errno)
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "/data/reference/best.onnx onnx bytes ['best.onnx', 'reference.json']"
+    assert lines[1] == '{"img_size": 64}' and lines[2].startswith("read-only")
+    assert str(run) not in done.stdout
+    without = run_python(spec, "import os; print(os.environ.get('LABCODE_REFERENCE_MODEL'))")
+    assert without.stdout.strip() == "None"
 
 
 def test_no_network_not_even_the_hosts_loopback(spec):
@@ -146,6 +173,7 @@ def test_grading_kernels_know_they_are_graded(spec, monkeypatch):
 
 def test_sandbox_settings_travel_as_json_and_a_wrong_setting_is_named(tmp_path):
     spec = sandbox.SandboxSpec(python=tmp_path / "bin" / "python", datadir=tmp_path / "data", slot=4,
+                               reference=tmp_path / "ref" / "best.onnx",
                                limits=sandbox.Limits(memory_bytes=3 * sandbox.GIB, processes=99),
                                env={"OMP_NUM_THREADS": "2"}, isolated=False)
     assert sandbox.spec_from_json(sandbox.spec_to_json(spec)) == spec

@@ -85,6 +85,13 @@ def default_datadir() -> Path:
     return Path(ensure_default_dataset(progress=False))
 
 
+def default_reference() -> Path | None:
+    """The reference model students receive (``make reference``; ``$LABCODE_REFERENCE_MODEL`` when set), or ``None``."""
+    from labcode.reference import find_reference_model
+
+    return find_reference_model()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------------------------------
@@ -115,6 +122,7 @@ def settings_from(args: argparse.Namespace, course: Course, isolated: bool) -> S
         print("note: no hidden test set (python -m tools.grading hidden-set): the submitted models are not scored",
               file=sys.stderr)
     return Settings(python=args.python, datadir=args.datadir or default_datadir(), scratch=scratch,
+                    reference=args.reference or default_reference(),
                     workers=args.workers, cell_timeout=args.cell_timeout, submission_timeout=args.submission_timeout,
                     limits=sandbox.Limits(memory_bytes=memory), notebooks=args.notebooks, isolated=isolated,
                     hidden=packed, model=model)
@@ -315,6 +323,9 @@ def add_grading_options(parser: argparse.ArgumentParser) -> None:
                         help="data set of the notebooks (default: $LABCODE_DATADIR, else the generated one)")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="workers' folders and logs (default: <course>/grading)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="the reference model the notebooks study, as the students' distribution ships it "
+                             "(default: the one `make reference` trains, or $LABCODE_REFERENCE_MODEL)")
     parser.add_argument("--notebooks", default="*", help="glob of the notebooks to grade (default: all)")
     parser.add_argument("--cell-timeout", type=positive_int, default=300, help="seconds per cell (default: 300)")
     parser.add_argument("--submission-timeout", type=positive_int, default=1800,

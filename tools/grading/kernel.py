@@ -53,7 +53,9 @@ def default_spec() -> sandbox.SandboxSpec:
         from labcode.synth import ensure_default_dataset
 
         datadir = str(ensure_default_dataset(progress=False))
-    return sandbox.SandboxSpec(python=python, datadir=Path(datadir),
+    from labcode.reference import find_reference_model
+
+    return sandbox.SandboxSpec(python=python, datadir=Path(datadir), reference=find_reference_model(),
                                isolated=os.environ.get("LABCODE_GRADING_NO_SANDBOX") != "1")
 
 

@@ -46,6 +46,7 @@ class Settings:
     Attributes:
         python: the grading environment's interpreter.
         datadir: data set the notebooks read.
+        reference: the course's reference model the notebooks study (``None``: none).
         scratch: folder of the workers' scratch courses and logs.
         workers: submissions graded at once.
         cell_timeout: seconds per cell before it is interrupted.
@@ -60,6 +61,7 @@ class Settings:
     python: Path
     datadir: Path
     scratch: Path
+    reference: Path | None = None
     workers: int = 1
     cell_timeout: int = 300
     submission_timeout: int = 1800
@@ -76,7 +78,8 @@ class Settings:
 
 def make_job(course: Course, student: str, settings: Settings, slot: int) -> Job:
     return Job(course=str(course.root), student=student, scratch=str(settings.scratch / student),
-               python=str(settings.python), datadir=str(settings.datadir), slot=slot, threads=settings.threads,
+               python=str(settings.python), datadir=str(settings.datadir),
+               reference=str(settings.reference or ""), slot=slot, threads=settings.threads,
                cell_timeout=settings.cell_timeout, limits=asdict(settings.limits), isolated=settings.isolated,
                hidden=str(settings.hidden or ""), model=asdict(settings.model), notebooks=settings.notebooks)
 

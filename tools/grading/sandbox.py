@@ -6,7 +6,9 @@ A sandboxed command sees
 - the grading environment (a virtual environment with the third-party stack only, never the instructor library) at
   ``/opt/grading-env`` and the Python installation it was made from at ``/opt/python``, read-only: neither at its host
   path, so no home folder of the host (pyenv's ``/root/.pyenv``) appears inside;
-- the data set, read-only, at ``/data/stanford`` (``LABCODE_DATADIR`` points there);
+- the data set, read-only, at ``/data/stanford`` (``LABCODE_DATADIR`` points there), and the course's reference
+  model (the one the students' distribution ships) with its ``reference.json``, read-only in ``/data/reference``
+  (``LABCODE_REFERENCE_MODEL`` points there), so that the notebooks that study it never depend on another one;
 - a private ``/tmp`` and a home folder, ``/home/student``, on size-limited tmpfs: the only writable places, gone when
   the sandbox exits;
 - whatever the caller binds explicitly (the kernel's connection folder, itself a small tmpfs when running as root).
@@ -42,6 +44,7 @@ from typing import IO
 #: Where things appear inside the sandbox.
 HOME = "/home/student"
 DATA = "/data/stanford"
+REFERENCE = "/data/reference"
 ENV = "/opt/grading-env"
 #: Where the Python installation of the grading environment appears inside (never at its host path).
 PYTHON_HOME = "/opt/python"
@@ -86,6 +89,8 @@ class SandboxSpec:
     Attributes:
         python: the grading environment's interpreter (``<venv>/bin/python``).
         datadir: the data set to expose read-only at ``/data/stanford`` (``None``: no data).
+        reference: the reference model's ONNX file, exposed read-only in ``/data/reference`` with the
+            ``reference.json`` beside it (``None``: none).
         slot: the worker slot; selects the unprivileged uid when running as root.
         limits: resource bounds.
         env: extra environment variables of the sandboxed process (the environment is otherwise cleared).
@@ -95,6 +100,7 @@ class SandboxSpec:
 
     python: Path
     datadir: Path | None = None
+    reference: Path | None = None
     slot: int = 0
     limits: Limits = field(default_factory=Limits)
     env: dict[str, str] = field(default_factory=dict)
@@ -116,6 +122,7 @@ def spec_to_json(spec: SandboxSpec) -> str:
     values = asdict(spec)
     values["python"] = str(spec.python)
     values["datadir"] = None if spec.datadir is None else str(spec.datadir)
+    values["reference"] = None if spec.reference is None else str(spec.reference)
     return json.dumps(values, sort_keys=True)
 
 
@@ -142,6 +149,7 @@ def spec_from_json(text: str) -> SandboxSpec:
     try:
         return SandboxSpec(python=Path(values["python"]),
                            datadir=None if values.get("datadir") is None else Path(values["datadir"]),
+                           reference=None if values.get("reference") is None else Path(values["reference"]),
                            slot=int(values.get("slot", 0)), limits=Limits(**{k: int(v) for k, v in limits.items()}),
                            env=dict(env), isolated=bool(values.get("isolated", True)))
     except (TypeError, ValueError) as err:
@@ -282,6 +290,10 @@ def bwrap_command(spec: SandboxSpec, argv: Sequence[str], *, binds: Sequence[tup
     extra_env = _bind_python(args, python_layout(spec.python))
     if spec.datadir is not None:
         args.bind(Path(spec.datadir).resolve(), DATA)
+    if spec.reference is not None:
+        model = Path(spec.reference).resolve()
+        args.bind(model, f"{REFERENCE}/{model.name}")
+        args.bind(model.with_name("reference.json"), f"{REFERENCE}/reference.json", optional=True)
     args.tmpfs("/tmp", spec.limits.scratch_bytes)
     args.tmpfs(HOME, spec.limits.scratch_bytes)
     for src, dest, writable in binds:
@@ -343,6 +355,8 @@ def environment(spec: SandboxSpec, datadir: str = DATA, home: str = HOME, tmp: s
         "NO_ALBUMENTATIONS_UPDATE": "1",
         "ORT_DISABLE_TELEMETRY": "1",
         **({"LABCODE_DATADIR": datadir} if spec.datadir is not None else {}),
+        **({"LABCODE_REFERENCE_MODEL": f"{REFERENCE}/{Path(spec.reference).resolve().name}" if spec.isolated
+            else str(spec.reference)} if spec.reference is not None else {}),
         **spec.env,
     }
 

@@ -42,6 +42,7 @@ class Job:
         scratch: the worker's own folder (scratch course, log, result).
         python: the grading environment's interpreter (no instructor library in it).
         datadir: data set exposed read-only to the notebooks.
+        reference: the course's reference model (ONNX, ``reference.json`` beside it) the notebooks study, or ``""``.
         slot: worker slot (the sandbox user).
         threads: CPU threads each kernel may use.
         cell_timeout: seconds a cell may run before it is interrupted (scores 0, the rest goes on).
@@ -57,6 +58,7 @@ class Job:
     scratch: str
     python: str
     datadir: str
+    reference: str = ""
     slot: int = 0
     threads: int = 1
     cell_timeout: int = 300
@@ -164,7 +166,8 @@ def grade_notebook(work: Course, job: Job, stem: str, db: Path, log: Path) -> st
 def sandbox_spec(job: Job) -> sandbox.SandboxSpec:
     """The sandbox of the job's kernels."""
     return sandbox.SandboxSpec(
-        python=Path(job.python), datadir=Path(job.datadir), slot=job.slot, limits=sandbox.Limits(**job.limits),
+        python=Path(job.python), datadir=Path(job.datadir), reference=Path(job.reference) if job.reference else None,
+        slot=job.slot, limits=sandbox.Limits(**job.limits),
         isolated=job.isolated, env={"OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads),
                                     "LABCODE_NUM_THREADS": str(job.threads)})
 
