@@ -31,16 +31,20 @@ test-fast: setup
 	$(VENV)/ruff check .
 	$(VENV)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not browser"
 
-## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/.
-release: setup
+## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/, then the
+## students' distribution (dist/student/), which always ships the reference model: trained first when it is missing.
+release: reference
 	$(VENV)/python tools/release.py
 
 ## Figures of the book, then the book itself. The prediction figure is redrawn from the reference model (make
-## reference); without it, the committed one is kept as it is.
+## reference); without it, the committed one is kept as it is. The notebook pages (book/segmentation/, not tracked)
+## are the student release run on the CPU with the generated data set, answers left to students
+## (tools/site_notebooks.py, about two minutes).
 figures: setup
 	$(VENV)/python tools/make_figures.py
 
 book: figures
+	$(VENV)/python tools/site_notebooks.py
 	$(VENV)/jupyter-book build book -W -n --keep-going
 
 bench: setup
@@ -65,4 +69,4 @@ gpu-check: setup
 	$(VENV)/python scripts/gpu_check.py
 
 clean:
-	rm -rf book/_build runs .pytest_cache grading
+	rm -rf book/_build book/segmentation runs .pytest_cache grading

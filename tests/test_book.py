@@ -1,12 +1,14 @@
 """The course site: draw the figures, build the Jupyter Book once, then check the built pages.
 
 The book is built in a temporary copy of its sources as a clean clone has them (``_config.yml``, ``_toc.yml``,
-``course.yml``, ``book/`` with its committed figures, ``notebooks/``), with nothing drawn beforehand: ``jupyter-book
-build book -W -n --keep-going``. The checks: the committed figures are those the library draws now, every page of the
-table of contents and every student notebook is built, internal links and anchors resolve, no placeholder link nor
-button by default and the right ones when ``course.yml`` sets them, the bibliography lists the references, no
-solution, hidden test or answer reaches any page, and pages render in headless Chromium without network, formulas
-typeset.
+``book/`` with its committed figures, ``notebooks/``; ``course.yml`` as a course with no link yet has it), with
+nothing drawn beforehand, after the notebook pages of ``make book`` (``tools/site_notebooks.py``: the student release
+run on a small generated data set): ``jupyter-book build book -W -n --keep-going``. The checks: the committed figures
+are those the library draws now, every page of the table of contents and every student notebook is built, the
+notebook pages show the outputs that need no answer and no placeholder, internal links and anchors resolve, no
+placeholder link nor button by default and the right ones when ``course.yml`` sets them, the bibliography lists the
+references, no solution, hidden test, answer or solution output reaches any page, and pages render in headless
+Chromium without network, formulas typeset.
 """
 
 from __future__ import annotations
@@ -51,15 +53,30 @@ bs4 = pytest.importorskip("bs4")
 # Building once per session
 # --------------------------------------------------------------------------------------------------------------------
 
-def _copy_sources(dest: Path, links: str | None = None) -> Path:
+#: ``course.yml`` as committed for a course with no links yet: the default build's settings, whatever the
+#: repository's own ``course.yml`` says (instructors fill it in).
+NO_LINKS = 'hub_url: ""\nstudent_repository: ""\nstudent_branch: main\nsite_url: ""\n'
+
+
+def _book_ignore(folder: str, names: list[str]) -> list[str]:
+    """What a clean clone lacks under book/: build output, caches, and the generated notebook pages."""
+    ignored = shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__")(folder, names)
+    if Path(folder).resolve() == (REPO / "book").resolve():
+        ignored |= {"segmentation"} & set(names)  # made by tools/site_notebooks.py (make book)
+    return sorted(ignored)
+
+
+def _copy_sources(dest: Path, links: str | None = None, pages: Path | None = None) -> Path:
     """Copy what the book is built from into ``dest``, as a clean clone has it (the committed figures included,
-    build output left out); ``links`` replaces the content of ``course.yml``."""
+    build output and generated pages left out); ``links`` replaces the content of ``course.yml``; ``pages`` (made
+    by ``tools/site_notebooks.py``) become the notebook pages, ``book/segmentation``."""
     for name in ("_config.yml", "_toc.yml", "course.yml"):
         shutil.copy2(REPO / name, dest / name)
     if links is not None:
         (dest / "course.yml").write_text(links)
-    shutil.copytree(REPO / "book", dest / "book", symlinks=True,
-                    ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"))
+    shutil.copytree(REPO / "book", dest / "book", symlinks=True, ignore=_book_ignore)
+    if pages is not None:
+        shutil.copytree(pages, dest / "book" / "segmentation")
     shutil.copytree(REPO / "notebooks", dest / "notebooks",
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "data", "runs"))
     # what the build takes the students' download from (book/_ext/student_download.py): the distribution's builder
@@ -85,11 +102,24 @@ def build(book: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def book_sources(tmp_path_factory) -> Path:
-    """A copy of the book's sources as committed: nothing is drawn or generated before the build."""
+def site_pages(tmp_path_factory, synth_root: Path) -> tuple[Path, list]:
+    """The notebook pages as ``make book`` makes them (the student release run on a small generated data set): the
+    folder and the :class:`tools.site_notebooks.PageReport` of each notebook."""
+    from tools.site_notebooks import build_site_notebooks
+
     if not (REPO / "notebooks" / "segmentation").is_dir():
         pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
-    return _copy_sources(tmp_path_factory.mktemp("site"))
+    out = tmp_path_factory.mktemp("pages") / "segmentation"
+    reports = build_site_notebooks(out, release=REPO / "notebooks" / "segmentation", datadir=synth_root, timeout=60)
+    return out, reports
+
+
+@pytest.fixture(scope="session")
+def book_sources(tmp_path_factory, site_pages) -> Path:
+    """A copy of the book's sources as committed, with ``course.yml`` naming no link (a scratch copy: the
+    repository's own may be filled in) and the notebook pages of ``make book``; no figure is drawn before the
+    build."""
+    return _copy_sources(tmp_path_factory.mktemp("site"), links=NO_LINKS, pages=site_pages[0])
 
 
 @pytest.fixture(scope="session")
@@ -339,27 +369,101 @@ def test_every_toc_page_and_notebook_is_built(site: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_page_shows_the_student_notebook(site: Path, name: str):
+def test_notebook_page_shows_the_student_notebook(site: Path, site_pages, name: str):
+    # The page is the student release, cell for cell (never a solution): only the students' note under the title
+    # and the answers' placeholders give way to notes for the reader.
+    from tools.release import STUDENT_NOTE
+    from tools.site_notebooks import ANSWER_NOTE, CODE_NOTE, PLACEHOLDER_LINES, READER_NOTE
+
     notebook = nbformat.read(REPO / "notebooks" / "segmentation" / f"{name}.ipynb", as_version=4)
+    shown = nbformat.read(site_pages[0] / f"{name}.ipynb", as_version=4)
+    assert len(shown.cells) == len(notebook.cells), name
+    for released, cell in zip(notebook.cells, shown.cells):
+        assert cell.cell_type == released.cell_type and cell.metadata.get("nbgrader") == released.metadata.get(
+            "nbgrader"), name
+        if not released.metadata.get("nbgrader", {}).get("solution"):
+            assert cell.source == released.source.replace(STUDENT_NOTE, READER_NOTE), name
+        elif cell.cell_type == "markdown":
+            assert cell.source == ANSWER_NOTE, name
+        else:
+            kept = [line for line in released.source.strip("\n").splitlines() if line.strip() not in PLACEHOLDER_LINES]
+            assert [line for line in cell.source.splitlines() if line.strip() != CODE_NOTE] == kept, name
+            assert CODE_NOTE in cell.source, name
+
     page = site / "segmentation" / f"{name}.html"
     text = _squash(_soup(page).get_text())
-    code_cells = [c for c in notebook.cells if c.cell_type == "code" and c.source.strip()
+    code_cells = [c for c in shown.cells if c.cell_type == "code" and c.source.strip()
                   and not {"remove-cell", "remove-input"} & set(c.metadata.get("tags", []))]
     assert code_cells, f"{name} has no code cell"
     for cell in code_cells:
         first = next(line for line in cell.source.splitlines() if line.strip())
         assert _squash(first) in text, f"{name}.html lacks the code cell starting with {first!r}"
 
-    # The download button serves this very notebook; with no link set in course.yml, no launch button.
+    # The download button serves the page as shown; with no link set in course.yml, no launch button.
     downloaded = page.parent / "../_sources/segmentation" / f"{name}.ipynb"
-    assert [c.source for c in nbformat.read(downloaded, as_version=4).cells] == [c.source for c in notebook.cells]
+    assert [c.source for c in nbformat.read(downloaded, as_version=4).cells] == [c.source for c in shown.cells]
     assert not _soup(page).select(".dropdown-launch-buttons"), f"{name}.html has a launch button with no hub set"
+
+
+#: Notebooks whose figures need no answer: the student release draws them (data, class histogram, noisy labels in
+#: notebook 1; the focal term in notebook 4).
+NOTEBOOKS_WITH_FIGURES = {"01_data_exploration", "04_metrics_losses"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_pages_show_the_outputs_that_need_no_answer(site: Path, site_pages, name: str):
+    pages, reports = site_pages
+    report = next(r for r in reports if r.stem == name)
+    shown = nbformat.read(pages / f"{name}.ipynb", as_version=4)
+    soup = _soup(site / "segmentation" / f"{name}.html")
+    outputs = soup.select("div.cell_output")
+    # at least the setup cell's report (where the library and the data come from), rendered as the page's outputs
+    assert report.kept and len(outputs) >= len(report.kept), f"{name}: {len(outputs)} outputs on the page"
+    assert "labcode from" in _squash(outputs[0].get_text(" ")), name
+    images = soup.select("div.cell_output img")
+    drawn = [o for c in shown.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == len(drawn), f"{name}: {len(images)} figures shown of {len(drawn)} drawn"
+    if name in NOTEBOOKS_WITH_FIGURES:
+        assert images, f"{name}: the figures that need no answer are missing"
+    for img in images:
+        assert (site / "segmentation" / img["src"]).resolve().is_file(), img["src"]
+    # no output of a cell that failed, nor of an answer or a test cell
+    for cell in shown.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and (info.get("solution") or info.get("grade")):
+            assert cell.outputs == [], f"{name}: {info['grade_id']} shows an output"
+        for output in cell.get("outputs", []):
+            assert output["output_type"] != "error" and output.get("name") != "stderr", f"{name}: {output}"
+    assert not soup.select("div.cell_output .traceback, div.output.error, div.output.stderr"), name
+
+
+@pytest.mark.slow
+def test_notebook_pages_show_no_placeholder_nor_students_note(site: Path):
+    from tools.release import STUDENT_NOTE
+    from tools.site_notebooks import ANSWER_NOTE, READER_NOTE
+
+    for name in NOTEBOOKS:
+        soup = _soup(site / "segmentation" / f"{name}.html")
+        article = soup.select_one("article")
+        code = "\n".join(pre.get_text() for pre in article.select("div.cell_input pre"))
+        assert "YOUR CODE HERE" not in code and "raise NotImplementedError()" not in code, name
+        paragraphs = [_squash(p.get_text(" ")) for p in article.select("p")]
+        assert "YOUR ANSWER HERE" not in paragraphs, f"{name}: an answer placeholder is shown"
+        text = _squash(article.get_text(" "))
+        assert _squash(STUDENT_NOTE.strip("*").split(":")[0]) not in text, f"{name}: the students' note is shown"
+        assert _letters(READER_NOTE)[:60] in _letters(text), f"{name}: no note for the reader under the title"
+        released = nbformat.read(REPO / "notebooks" / "segmentation" / f"{name}.ipynb", as_version=4)
+        if any(c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("solution") for c in released.cells):
+            assert _letters(ANSWER_NOTE) in _letters(text), f"{name}: written answers show no note"
 
 
 @pytest.mark.slow
 def test_the_default_build_has_no_placeholder_link_nor_button(site: Path):
-    assert yaml.safe_load((REPO / "course.yml").read_text()) == {"hub_url": "", "student_repository": "",
-                                                                  "student_branch": "main", "site_url": ""}
+    # built with the course.yml of a course that sets no link yet (book_sources), not the repository's own
+    used = yaml.safe_load((site.parents[2] / "course.yml").read_text())
+    assert used == {"hub_url": "", "student_repository": "", "student_branch": "main", "site_url": ""}
+    assert set(used) == set(yaml.safe_load((REPO / "course.yml").read_text())), "course.yml has other settings now"
     pages = sorted(site.rglob("*.html"))
     for page in pages:
         text = page.read_text(encoding="utf-8")
@@ -372,9 +476,10 @@ def test_the_default_build_has_no_placeholder_link_nor_button(site: Path):
 
 
 @pytest.mark.slow
-def test_links_set_in_course_yml_give_launch_and_repository_buttons(tmp_path: Path):
+def test_links_set_in_course_yml_give_launch_and_repository_buttons(tmp_path: Path, site_pages):
     hub, repository = "https://hub.school.test", "https://git.school.test/course/segmentation-lab"
-    book = _copy_sources(tmp_path, links=f"hub_url: {hub}\nstudent_repository: {repository}\nstudent_branch: term1\n")
+    book = _copy_sources(tmp_path, links=f"hub_url: {hub}\nstudent_repository: {repository}\nstudent_branch: term1\n",
+                         pages=site_pages[0])
     html = build(book)
     page = _soup(html / "segmentation" / "03_unet.html")
     launch = [unquote(a["href"]) for a in page.find_all("a", href=True) if a["href"].startswith(hub)]
@@ -480,6 +585,29 @@ def test_no_solution_line_reaches_the_site(site: Path):
     assert len(_site_texts(site)) > 20 and any(rel.endswith(".ipynb") for rel in _site_texts(site))
     leaks = find_leaks(site)
     assert not leaks, "solution or hidden-test lines found in the site:\n" + "\n".join(leaks[:30])
+
+
+#: Solution notebooks whose run is cheap enough for the leak scan of outputs. Notebook 5's solution trains on the CPU
+#: for minutes; its student run stops at the first answer, so its page shows the setup's output only (checked).
+CHEAP_SOLUTIONS = [name for name in NOTEBOOKS if name != "05_training"]
+
+
+@pytest.mark.slow
+def test_no_solution_output_reaches_the_site(site: Path, site_pages, synth_root: Path):
+    # What the solutions print and draw (on the data set of the pages) but a run of the student release does not
+    # show must be nowhere in the site: not in the pages' text, the notebooks offered for download, nor its images.
+    from tools.leaks import execute_solutions, find_leaks, secret_outputs
+
+    pages, reports = site_pages
+    solved = execute_solutions(synth_root, stems=CHEAP_SOLUTIONS, timeout=30)
+    secrets = secret_outputs(solved, [report.executed for report in reports])
+    assert sum(map(len, secrets.values())) >= 10, f"the solutions should show things the release cannot: {secrets}"
+    assert any(line.startswith("image sha256:") for lines in secrets.values() for line in lines), \
+        "the solutions draw figures the release cannot (notebook 2's augmentations)"
+    leaks = find_leaks(site, secrets)
+    assert not leaks, "solution outputs found in the site:\n" + "\n".join(leaks[:30])
+    training = next(report for report in reports if report.stem == "05_training")
+    assert training.kept == [min(training.kept + training.dropped)], "notebook 5 shows more than its setup"
 
 
 @pytest.mark.slow
@@ -589,6 +717,33 @@ def test_site_renders_in_chromium(site: Path, served_site: str, chromium, tmp_pa
         assert not [img for img in images if img[2] == 0], f"broken images on {chapter}: {images}"
         shown |= {Path(src).name for src, _, _ in images}
     assert set(FIGURES) - {"sample.png"} <= shown, f"figures missing from the chapters: {sorted(shown)}"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_notebook_code_fits_a_1280_pixel_window_and_figures_load(site: Path, served_site: str, chromium):
+    # Notebook code lines have at most 88 characters (tests/test_site_notebooks.py): at 1280 pixels, beside the
+    # navigation and the page's contents, such a line fits its cell (book/_static/notebook_cells.css), so no cell
+    # whose lines are that short scrolls; the figures of the outputs load.
+    chromium.set_window_size(1280, 900)
+    for name in NOTEBOOKS:
+        _open(chromium, served_site + f"segmentation/{name}.html")
+        fits, scrolled, images = chromium.execute_script("""
+            const pres = Array.from(document.querySelectorAll('div.cell_input pre'));
+            const probe = document.createElement('span');
+            probe.textContent = 'x'.repeat(100);
+            pres[0].appendChild(probe);
+            const width = probe.getBoundingClientRect().width / 100;
+            probe.remove();
+            const style = getComputedStyle(pres[0]);
+            const room = pres[0].clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+            const longest = p => Math.max(...p.innerText.split('\\n').map(line => line.length));
+            const scrolled = pres.filter(p => longest(p) <= 88 && p.scrollWidth > p.clientWidth + 1).length;
+            const images = Array.from(document.querySelectorAll('div.cell_output img')).map(i => i.naturalWidth);
+            return [room / width, scrolled, images];""")
+        assert fits >= 88, f"{name}: a code cell holds {fits:.1f} characters a line at 1280 pixels"
+        assert scrolled == 0, f"{name}: {scrolled} code cells of short lines scroll"
+        assert all(width > 0 for width in images), f"{name}: a figure did not load ({images})"
 
 
 @pytest.mark.slow
