@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -242,7 +243,10 @@ def built_site(request, tmp_path_factory) -> Path:
             saved = os.environ.get(ENV_MODEL)
             try:
                 pages = root / "pages" / "segmentation"
-                build_site_notebooks(pages, release=release, datadir=request.getfixturevalue("synth_root"), timeout=60)
+                reports = build_site_notebooks(pages, release=release, datadir=request.getfixturevalue("synth_root"),
+                                               timeout=60)
+                with open(root / "reports.pickle", "wb") as file:  # for the page tests of every test process
+                    pickle.dump(reports, file)
                 os.environ[ENV_MODEL] = str(stand_in)  # for the download only: the notebooks ran with the real one
                 build(_copy_sources(root / "site", links=NO_LINKS, pages=pages))
             except BaseException as error:

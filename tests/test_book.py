@@ -33,6 +33,8 @@ import pytest
 import torch
 import yaml
 
+from labcode.reference import INFO_KEYS, INFO_NAME
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = [
     "01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "05_training", "06_inference_onnx",
@@ -102,30 +104,21 @@ def build(book: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def site_pages(tmp_path_factory, synth_root: Path) -> tuple[Path, list]:
-    """The notebook pages as ``make book`` makes them (the student release run on a small generated data set): the
-    folder and the :class:`tools.site_notebooks.PageReport` of each notebook."""
-    from tools.site_notebooks import build_site_notebooks
+def site_pages(built_site: Path) -> tuple[Path, list]:
+    """The notebook pages as ``make book`` makes them (the student release run on a small generated data set, see
+    ``built_site`` in conftest.py): their folder and the :class:`tools.site_notebooks.PageReport` of each notebook."""
+    import pickle
 
-    if not (REPO / "notebooks" / "segmentation").is_dir():
-        pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
-    out = tmp_path_factory.mktemp("pages") / "segmentation"
-    reports = build_site_notebooks(out, release=REPO / "notebooks" / "segmentation", datadir=synth_root, timeout=60)
-    return out, reports
+    root = built_site.parents[3]  # <root>/site/book/_build/html
+    with open(root / "reports.pickle", "rb") as file:
+        return root / "pages" / "segmentation", pickle.load(file)
 
 
 @pytest.fixture(scope="session")
-def book_sources(tmp_path_factory, site_pages) -> Path:
-    """A copy of the book's sources as committed, with ``course.yml`` naming no link (a scratch copy: the
-    repository's own may be filled in) and the notebook pages of ``make book``; no figure is drawn before the
-    build."""
-    return _copy_sources(tmp_path_factory.mktemp("site"), links=NO_LINKS, pages=site_pages[0])
-
-
-@pytest.fixture(scope="session")
-def site(book_sources: Path) -> Path:
-    """The HTML site built from the copy with the options of ``make book``."""
-    return build(book_sources)
+def site(built_site: Path) -> Path:
+    """The HTML site built with the options of ``make book`` from a copy of the committed sources whose
+    ``course.yml`` names no link (built once per run: ``built_site`` in conftest.py)."""
+    return built_site
 
 
 def _soup(path: Path):
@@ -879,7 +872,7 @@ def test_search_finds_the_plain_spelling_of_lovasz(site: Path):
 @pytest.mark.slow
 def test_the_plain_graph_recipe_of_question_6_1_gives_the_plain_graph(tmp_path: Path, monkeypatch):
     # The chapter tells students how to export the graph that question 6.1 reads: run its code as they would, and
-    # check that it shows the upsampling as the code writes it (Resize), while the default export is the folded one.
+    # check that it shows the upsampling as the code writes it (Resize); the folded graph is export's option.
     from collections import Counter
 
     import onnx
@@ -895,7 +888,7 @@ def test_the_plain_graph_recipe_of_question_6_1_gives_the_plain_graph(tmp_path: 
     exec(compile(code[0], "inference.md", "exec"), {})  # noqa: S102 - the course's own snippet
     plain = Counter(node.op_type for node in onnx.load(str(tmp_path / "plain.onnx")).graph.node)
     assert plain["Resize"] == 3 and plain["DepthToSpace"] == 0, plain
-    folded_path = export_onnx(build_model("unet", 14, base_chan=8, num_blocks=3), tmp_path / "folded.onnx")
+    folded_path = export_onnx(build_model("unet", 14, base_chan=8, num_blocks=3), tmp_path / "folded.onnx", fold=True)
     folded = Counter(node.op_type for node in onnx.load(str(folded_path)).graph.node)
     assert folded["Resize"] == 0 and folded["DepthToSpace"] == 3, folded
     assert "python -m labcode view plain.onnx" in section
@@ -1027,8 +1020,10 @@ def student_dist(tmp_path_factory) -> Path:
     if not (notebooks / "labcode").is_dir():
         pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
     tmp = tmp_path_factory.mktemp("dist")
-    reference = tmp / "reference.onnx"
+    reference = tmp / "reference" / "best.onnx"
+    reference.parent.mkdir()
     reference.write_bytes(b"onnx stand-in")
+    (reference.parent / INFO_NAME).write_text(json.dumps({key: None for key in INFO_KEYS}))
     return distribution.build_distribution(notebooks, tmp / "student", reference=reference,
                                            links=distribution.CourseLinks(),
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
@@ -1131,17 +1126,21 @@ def test_the_download_archive_holds_the_release_and_leaves_out_caches(tmp_path: 
                  "data/cache.npy"):
         (release / junk).parent.mkdir(parents=True, exist_ok=True)
         (release / junk).write_bytes(b"x")
-    first = module.build_archive(root, tmp_path / "a" / module.ARCHIVE)
+    reference = tmp_path / "reference" / "best.onnx"
+    reference.parent.mkdir()
+    reference.write_bytes(b"onnx stand-in")
+    (reference.parent / INFO_NAME).write_text(json.dumps({key: None for key in INFO_KEYS}))
+    first = module.build_archive(root, tmp_path / "a" / module.ARCHIVE, reference=reference)
     names = zipfile.ZipFile(first).namelist()
     assert "segmentation-lab/segmentation/03_unet.ipynb" in names
     assert "segmentation-lab/segmentation/labcode/unet.py" in names
     assert not [n for n in names if {"runs", "__pycache__", ".ipynb_checkpoints", "data"} & set(n.split("/"))], names
     assert "segmentation-lab/segmentation/labcode/check_data/unet.npz" in names  # the library's own data goes in
-    second = module.build_archive(root, tmp_path / "b" / module.ARCHIVE)
+    second = module.build_archive(root, tmp_path / "b" / module.ARCHIVE, reference=reference)
     assert first.read_bytes() == second.read_bytes(), "the archive changes from one build to the next"
     shutil.rmtree(release / "labcode")
     with pytest.raises(module.DownloadError, match="no student release"):
-        module.build_archive(root, tmp_path / "c" / module.ARCHIVE)
+        module.build_archive(root, tmp_path / "c" / module.ARCHIVE, reference=reference)
 
 
 #: Symbols the notation page must explain: the TeX of each, as the chapters write it.
