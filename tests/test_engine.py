@@ -165,9 +165,20 @@ def test_amp_setup_on_cpu_is_one_disabled_path() -> None:
         assert y.dtype == torch.float32
 
 
-def test_amp_setup_on_cpu_follows_the_hardware() -> None:
-    _, _, name = amp_setup(torch.device("cpu"))
-    assert name == ("bf16" if cpu_has_bf16_matmul() else "fp32")
+@pytest.mark.parametrize("amx", [True, False, None])
+def test_amp_setup_on_cpu_uses_bf16_only_where_the_cpu_has_matrix_units(monkeypatch, amx: bool | None) -> None:
+    # the hardware probe answers as a CPU with AMX tiles, one without, and a PyTorch without the probe
+    if amx is None:
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert cpu_has_bf16_matmul() is bool(amx)
+    autocast_ctx, scaler, name = amp_setup(torch.device("cpu"))
+    assert name == ("bf16" if amx else "fp32") and not scaler.is_enabled()
+    with autocast_ctx():
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == (torch.bfloat16 if amx else torch.float32)
+    assert amp_setup(torch.device("cpu"), enabled=False)[2] == "fp32"  # --no-amp wins over the hardware
 
 
 def train_with_mixed_precision(device: torch.device, autocast_ctx, scaler) -> tuple[nn.Module, list[dict], dict]:

@@ -19,7 +19,6 @@ from PIL import Image
 
 from labcode.classes import CLASSES
 from labcode.data import StanfordDataset
-from labcode.engine import cpu_has_bf16_matmul
 from labcode.errors import LabError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,8 +106,9 @@ def check_end_to_end(synth_root: Path, tmp_path: Path, extra: list[str]) -> dict
 
 
 def test_train_export_test_infer_end_to_end_on_cpu(synth_root: Path, tmp_path: Path) -> None:
-    result = check_end_to_end(synth_root, tmp_path, ["--device", "cpu"])
-    assert f"device: cpu ({'bf16' if cpu_has_bf16_matmul() else 'fp32'})" in result["summary"]
+    result = check_end_to_end(synth_root, tmp_path, ["--device", "cpu", "--no-amp"])
+    assert "device: cpu (fp32), processes: 1" in result["summary"]  # --no-amp: full precision on any CPU
+    assert '"amp": false' in result["summary"] and '"device": "cpu"' in result["summary"]
 
 
 @pytest.mark.gpu
@@ -349,3 +349,36 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(synt
     with pytest.raises(NonFiniteLossError):
         fit(config)
     assert [p.name for p in (logdir / "nan").iterdir()] == ["notes.txt"]  # only what the run wrote is removed
+
+
+def test_the_command_line_defaults_are_those_of_train_config() -> None:
+    import dataclasses
+
+    from labcode.commands.train import build_parser, config_from_args
+    from labcode.config import TrainConfig
+
+    config = config_from_args(build_parser().parse_args([]), [])
+    assert config.command == "python -m labcode train"
+    assert dataclasses.replace(config, command=None) == TrainConfig()
+
+
+def test_resume_keeps_the_saved_configuration_except_the_options_given_now() -> None:
+    from labcode.commands.train import build_parser, config_from_args, given_fields, resumed_config
+    from labcode.config import TrainConfig
+
+    saved = TrainConfig(img_size=64, epochs=2, lr=3e-3, loss="focal", loss_options={"gamma": 1.0},
+                        model_options={"num_blocks": 2, "base_chan": 4}, augment=False, run_name="r").to_dict()
+    argv = ["--resume", "runs/r/last.pt", "--epochs", "5", "--img-size", "256", "--no-progress"]
+    assert given_fields(argv) == {"resume", "epochs", "img_size", "progress"}  # 256 is also the default size
+    config = resumed_config(config_from_args(build_parser().parse_args(argv), argv), {"config": saved},
+                            given_fields(argv))
+    assert (config.epochs, config.img_size, config.progress) == (5, 256, False)  # given now
+    assert (config.lr, config.loss, config.loss_options, config.augment) == (3e-3, "focal", {"gamma": 1.0}, False)
+    assert config.model_options == {"num_blocks": 2, "base_chan": 4} and config.resume == "runs/r/last.pt"
+
+    argv = ["--resume", "runs/r/last.pt", "--loss", "tversky", "--tversky-beta", "0.7", "--base-chan", "8"]
+    assert given_fields(argv) == {"resume", "loss", "loss_options", "model_options"}
+    config = resumed_config(config_from_args(build_parser().parse_args(argv), argv), {"config": saved},
+                            given_fields(argv))
+    assert (config.loss, config.loss_options) == ("tversky", {"beta": 0.7})
+    assert config.model_options == {"num_blocks": 2, "base_chan": 8}  # asked for: fit compares it and refuses

@@ -468,11 +468,15 @@ def probe_short_training_run(ns: dict) -> dict:
 
     if "result" not in ns or "config" not in ns:
         return {"error": "NameError: the training run's result or config is not defined"}
-    result, config = ns["result"], ns["config"]
+    config = ns["config"]
+    try:  # fit's FitResult (a dict in libraries older than FitResult)
+        result = ns["result"].to_dict() if hasattr(ns["result"], "to_dict") else dict(ns["result"])
+    except Exception as error:  # noqa: BLE001
+        return {"error": f"the training run's result cannot be read: {type(error).__name__}: {error}"}
     out = {"epochs": encode(getattr(config, "epochs", None)), "result": encode(
-        {k: v for k, v in dict(result).items() if k in ("interrupted", "epochs_completed", "best_macro_f1", "parity",
-                                                        "best_checkpoint", "onnx")}),
-           "train_losses": encode([epoch.get("train", {}).get("loss") for epoch in result.get("history", [])])}
+        {k: v for k, v in result.items() if k in ("interrupted", "epochs_completed", "best_macro_f1", "parity",
+                                                  "best_checkpoint", "onnx")}),
+           "train_losses": encode([(epoch.get("train") or {}).get("loss") for epoch in result.get("history") or []])}
     for key in ("best_checkpoint", "onnx"):
         path = result.get(key)
         out[f"{key}_exists"] = bool(path) and os.path.isfile(str(path))
