@@ -40,14 +40,14 @@ def run_once(datadir, logdir: str, *, amp: bool, epochs: int | None, index: int)
     started = time.perf_counter()
     trained = fit(config)
     seconds = time.perf_counter() - started
-    tested = evaluate_areas(OnnxSegmenter(trained["onnx"]), datadir, list(TEST_AREAS), img_size=config.img_size,
+    tested = evaluate_areas(OnnxSegmenter(trained.onnx), datadir, list(TEST_AREAS), img_size=config.img_size,
                             progress=False)
-    return {"seconds": seconds, "epochs": len(trained["epoch_times"]),
-            "epoch_s": statistics.median(trained["epoch_times"]), "fastest_epoch_s": min(trained["epoch_times"]),
-            "precision": trained["precision"],
-            "best_epoch": trained["best_epoch"] + 1, "valid_f1": trained["best_macro_f1"],
+    return {"seconds": seconds, "epochs": len(trained.epoch_times),
+            "epoch_s": statistics.median(trained.epoch_times), "fastest_epoch_s": min(trained.epoch_times),
+            "precision": trained.precision,
+            "best_epoch": trained.best_epoch + 1, "valid_f1": trained.best_macro_f1,
             "test_macro_f1": tested["macro_f1"], "test_mean_iou": tested["mean_iou"], "images": tested["images"],
-            "train_images": trained["train_size"], "valid_images": trained["valid_size"]}
+            "train_size": trained.train_size, "valid_size": trained.valid_size}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{result['test_macro_f1']:.3f}", f"{result['test_mean_iou']:.3f}",
                          f"{before} -> {load_average()}"])
     first = runs[0]
-    print(f"{first['train_images']} training / {first['valid_images']} validation images (whole rooms of areas "
+    print(f"{first['train_size']} training / {first['valid_size']} validation images (whole rooms of areas "
           f"1, 2, 3, 4, 6); test: {first['images']} images of 5a + 5b at the training size")
     print_table(["run", "training s", "precision", "epochs", "median s/epoch", "fastest epoch s", "best epoch",
                  "valid macro F1",

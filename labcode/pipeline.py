@@ -61,7 +61,8 @@ def run_pipeline(
 
     Returns:
         The contents of ``pipeline.json`` (``run_dir``, ``datadir``, ``reference``, ``reference_model``, ``device``,
-        ``train_images``, ``valid_images``, ``epochs``, ``seconds_per_epoch``, ``best_valid_macro_f1``,
+        ``train_size``, ``valid_size``, ``epochs``, ``seconds_per_epoch``, ``best_macro_f1`` (named as in
+        :class:`labcode.train.FitResult`),
         ``best_epoch``, ``onnx``, ``parity``, ``test_areas``, ``test_macro_f1``, ``test_mean_iou``, ``test_metrics``,
         ``inference_figure``, ``inference_mask``, ``total_seconds``), ``interrupted`` False and ``test_scores``; or,
         when a signal stopped the training, ``interrupted`` True, ``reference``, ``signal``, ``last_checkpoint``.
@@ -115,9 +116,9 @@ def _announce(model: FitResult, areas_test: Sequence[str], test_images: int, say
 
 def _model_summary(model: FitResult, epoch_time: float) -> dict[str, Any]:
     """The entries of ``pipeline.json`` about the model and its training."""
-    return {"device": model.device, "train_images": model.train_size, "valid_images": model.valid_size,
+    return {"device": model.device, "train_size": model.train_size, "valid_size": model.valid_size,
             "epochs": len(model.epoch_times), "seconds_per_epoch": epoch_time,
-            "best_valid_macro_f1": model.best_macro_f1, "best_epoch": model.best_epoch, "onnx": model.onnx,
+            "best_macro_f1": model.best_macro_f1, "best_epoch": model.best_epoch, "onnx": model.onnx,
             "parity": model.parity}
 
 

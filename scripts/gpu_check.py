@@ -87,10 +87,10 @@ def pipeline_report(run_dir: Path) -> Callable[[str], str]:
         device = next((line.strip("- ").strip() for line in (run_dir / "summary.md").read_text().splitlines()
                        if line.startswith("- device:")), summary["device"])
         rows = [("device (precision), processes", device.removeprefix("device: ")),
-                ("train / valid images", f"{summary['train_images']} / {summary['valid_images']}"),
+                ("train / valid images", f"{summary['train_size']} / {summary['valid_size']}"),
                 ("epochs x seconds", f"{summary['epochs']} x {summary['seconds_per_epoch']:.1f} s"),
                 ("best validation macro F1",
-                 f"{summary['best_valid_macro_f1']:.4f} (epoch {summary['best_epoch'] + 1})"),
+                 f"{summary['best_macro_f1']:.4f} (epoch {summary['best_epoch'] + 1})"),
                 (f"held-out {'+'.join(summary['test_areas'])} macro F1", f"{summary['test_macro_f1']:.4f}"),
                 (f"held-out {'+'.join(summary['test_areas'])} mIoU", f"{summary['test_mean_iou']:.4f}"),
                 ("ONNX parity (max abs diff)", ", ".join(f"{k} {v:.1e}" for k, v in summary["parity"].items())),

@@ -26,6 +26,7 @@ from labcode.commands.common import (
     add_loss_options,
     add_model_options,
     add_optimisation_options,
+    given_options,
     set_threads,
     unet_options,
 )
@@ -127,12 +128,8 @@ _FIELD_OF_OPTION = {"num_blocks": "model_options", "base_chan": "model_options",
 
 
 def given_fields(argv: list[str]) -> set[str]:
-    """The :class:`labcode.config.TrainConfig` fields that the options written in ``argv`` set (the command line is
-    parsed once more into a namespace whose every entry is a marker: argparse leaves the options not written alone)."""
-    parser = build_parser()
-    unset = object()
-    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
-    given = {dest for dest, value in vars(parser.parse_args(argv, namespace)).items() if value is not unset}
+    """The :class:`labcode.config.TrainConfig` fields that the options written in ``argv`` set."""
+    given = given_options(build_parser, argv)
     return {_FIELD_OF_OPTION.get(dest, dest) for dest in given} | ({"loss_options"} if "loss" in given else set())
 
 
