@@ -2,6 +2,12 @@
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """labcode: the library of the semantic segmentation lab (Stanford 2D-3D-S, PyTorch).
 
+What you write in it: the exercises of three files, ``labcode/transforms.py`` (the augmentation
+pipeline, notebook 2), ``labcode/unet.py`` (the UNet, notebook 3) and ``labcode/stats.py`` (the
+class weights, notebook 4). In your copy each exercise is a ``raise NotImplementedError`` under a
+comment ``# EXERCISE "<question>"``, until you replace it with your code; ``python -m
+labcode.check`` checks them. The other modules are the lab's machinery, there to read and use.
+
 Importing the package only sets two environment variables, before albumentations or
 onnxruntime can be imported by any submodule: no update check over the network and no
 telemetry. Submodules are imported on demand (``from labcode.data import StanfordDataset``).

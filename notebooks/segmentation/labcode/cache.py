@@ -12,11 +12,11 @@ Layout of a cache folder::
 ``index.json`` says ``"complete": true`` only after every item was written and flushed, and it is replaced
 atomically, so an interrupted ``prepare`` never leaves a cache that looks complete; running it again resumes.
 
-A complete index also holds the size and CRC-32 of each ``.npy`` file (header included), and
-:class:`CachedDataset` checks them when it opens the cache: flipped bytes, a truncated file or a damaged header
-are found before anything is trained on them. CRC-32 runs at several GB/s (zlib), so checking costs about one
-read of the arrays (``benchmarks/bench_loader.py`` prints the time). Running ``prepare`` again with the same
-options rebuilds a cache found damaged.
+A complete index also holds the size and CRC-32 of each ``.npy`` file (header included), computed when the cache is
+written. :class:`CachedDataset` checks what costs nothing when it opens the cache (every file there with its recorded
+size, the array headers, every item written); the checksums, which take one read of every array, are checked on
+demand: :func:`verify_cache` (or :meth:`CachedDataset.verify`), and ``prepare`` run again on a complete cache, which
+keeps it when it is intact and rebuilds it when it is damaged.
 """
 
 from __future__ import annotations
@@ -127,24 +127,36 @@ def read_index(root: str | Path) -> dict[str, Any]:
     return index
 
 
-def verify_cache(root: str | Path, index: dict[str, Any]) -> None:
-    """Check every array file of a complete cache against the size and CRC-32 recorded in its index.
+def verify_cache(root: str | Path, index: dict[str, Any] | None = None) -> None:
+    """Check every array file of a complete cache against the size and CRC-32 recorded in its index (one read of
+    every array).
+
+    Args:
+        root: the cache folder.
+        index: its :func:`read_index` (read here when ``None``).
 
     Raises:
         CacheDamagedError: a file is missing, has another size, or other bytes (the message names it).
     """
     root = Path(root)
+    index = read_index(root) if index is None else index
+    _check_sizes(root, index)
+    for name, expected in index["checksums"].items():
+        if file_checksum(root / name)["crc32"] != expected["crc32"]:
+            raise CacheDamagedError(f"cache file {root / name} is damaged (its CRC-32 checksum differs from the one "
+                                    "written by prepare)")
+
+
+def _check_sizes(root: Path, index: dict[str, Any]) -> None:
+    """Every array file of a complete cache is there with the size its index records (no file is read)."""
     for name, expected in index["checksums"].items():
         path = root / name
         if not path.is_file():
             raise CacheDamagedError(f"cache file {path} is missing")
-        found = file_checksum(path)
-        if found["bytes"] != expected["bytes"]:
-            raise CacheDamagedError(f"cache file {path} is damaged ({found['bytes']} bytes instead of "
-                                    f"{expected['bytes']}: truncated or overwritten)")
-        if found["crc32"] != expected["crc32"]:
-            raise CacheDamagedError(f"cache file {path} is damaged (its CRC-32 checksum differs from the one "
-                                    "written by prepare)")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CacheDamagedError(f"cache file {path} is damaged ({size} bytes instead of {expected['bytes']}: "
+                                    "truncated or overwritten)")
 
 
 def _open_arrays(out: Path, shapes: dict, dtypes: dict, resume: bool) -> dict[str, np.memmap]:
@@ -267,8 +279,9 @@ class CachedDataset(SegmentationDataset):
 
     Raises:
         DatasetError: the folder holds no cache, an incomplete one (run ``prepare`` again to resume it), or a damaged
-            one (an index that cannot be read, an array file whose size or checksum differs from the index; run
-            ``prepare`` again to rebuild it); the message names the file.
+            one (an index that cannot be read, an array file missing, of another size than the index records or
+            with a broken header; run ``prepare`` again to rebuild it); the message names the file. The checksums
+            are checked by :meth:`verify`, not here.
     """
 
     def __init__(self, cache_dir: str | Path, transforms: Callable | None = None, transform: Callable | None = None,
@@ -279,7 +292,7 @@ class CachedDataset(SegmentationDataset):
         if not index["complete"] or index["version"] != CACHE_VERSION:
             raise DatasetError(f"the cache in {self.root} is incomplete or outdated; run `python -m labcode prepare` "
                                "again with the same options to finish or rebuild it")
-        verify_cache(self.root, index)
+        _check_sizes(self.root, index)
         self.size = index["size"]
         self.images = self._load(self.root / "images.npy", mmap_mode="r")
         self.masks = self._load(self.root / "masks.npy", mmap_mode="r")
@@ -300,6 +313,14 @@ class CachedDataset(SegmentationDataset):
         self.files = [Sample(source / index["files"][i][0], source / index["files"][i][1], index["files"][i][2])
                       for i in self.indices]
         self.areas = sorted(keep)
+
+    def verify(self) -> None:
+        """Check the cache's files against the CRC-32 checksums written by ``prepare`` (see :func:`verify_cache`).
+
+        Raises:
+            CacheDamagedError: a file's bytes differ from those written (the message names it).
+        """
+        verify_cache(self.root)
 
     @staticmethod
     def _load(path: Path, mmap_mode: str | None = None) -> np.ndarray:

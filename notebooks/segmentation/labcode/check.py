@@ -595,8 +595,12 @@ def copy_problems(folder: Path | None = None) -> list[str]:
     return problems
 
 
+#: The files of the library that hold the exercises, the ones students write (named by the report's last line).
+EXERCISE_FILES = ("labcode/transforms.py", "labcode/unet.py", "labcode/stats.py")
+
+
 def format_report(outcomes: Sequence[Outcome], problems: Sequence[str] = ()) -> str:
-    """The copy's problems (if any), one line per check, then a summary line."""
+    """The copy's problems (if any), one line per check, a summary line, then the files the exercises are in."""
     lines = [f"Checking the exercises of {Path(labcode.__file__).resolve().parent}", ""]
     lines += [f"WARNING: {problem}" for problem in problems] + ([""] if problems else [])
     for outcome in outcomes:
@@ -609,6 +613,7 @@ def format_report(outcomes: Sequence[Outcome], problems: Sequence[str] = ()) -> 
     lines += ["", f"{passed}/{len(outcomes)} checks pass."]
     if passed < len(outcomes):
         lines.append("The notebooks' test cells grade these exercises (with more, hidden, tests).")
+    lines.append(f"Your exercises are in {', '.join(EXERCISE_FILES[:-1])} and {EXERCISE_FILES[-1]}.")
     return "\n".join(lines)
 
 

@@ -2,9 +2,10 @@
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """``python -m labcode <command> ...``: one thin command per module of ``labcode.commands``.
 
-Each command module has ``main(argv) -> int``. Errors meant for the user (``LabError``, missing files, bad options)
-are printed as one ``error: ...`` line with exit status 2, also when they were raised in a data loader's worker
-process; anything else is a bug and keeps its traceback.
+Each command module has ``main(argv) -> int``; ``check`` is :mod:`labcode.check` itself, the students' self-check.
+Errors meant for the user (``LabError``, missing files, bad options) are printed as one ``error: ...`` line with exit
+status 2, also when they were raised in a data loader's worker process; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reference": ("labcode.commands.reference", "train and score the course's reference model (CPU recipe)"),
     "pipeline": ("labcode.commands.pipeline", "the whole lab on the offline data set: train, export, test, infer"),
     "serve": ("labcode.commands.serve", "serve an ONNX model behind a web API and page"),
-    "check": ("labcode.commands.check", "check your exercises with readable diagnostics"),
+    "check": ("labcode.check", "check your exercises with readable diagnostics"),
 }
 
 

@@ -97,6 +97,16 @@ class TrainConfig:
         """The configuration as a dict of primitive values (JSON and ``weights_only`` friendly)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def result_fields(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields that only say where the run is written, how it reports or where it
+        resumes (:data:`BOOKKEEPING_FIELDS`): two configurations with the same result fields train the same model
+        from the same data."""
+        return {key: value for key, value in self.to_dict().items() if key not in BOOKKEEPING_FIELDS}
+
+
+#: :class:`TrainConfig` fields that change where a run is written and how it reports, never the model it trains.
+BOOKKEEPING_FIELDS = ("logdir", "run_name", "resume", "progress", "figure_items", "figure_every", "command")
+
 
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
     """Learning-rate factor at ``step``: linear warm-up to 1, then cosine to ``final_ratio``, constant after the end."""

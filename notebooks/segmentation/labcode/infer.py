@@ -7,33 +7,45 @@ onnxruntime and NumPy at prediction time; :class:`TorchSegmenter` runs a trainin
 :meth:`TorchSegmenter.from_model`, a network in memory) with the same interface. Both use
 :func:`labcode.transforms.preprocess`, the normalisation of training. Whole areas are scored by
 :func:`labcode.scoring.evaluate_areas`.
+
+This module is the one inference path of the library, used by the notebooks, the ``test`` command and the web
+service (:mod:`labcode.serve`, through :mod:`labcode.uploads`):
+
+1. :func:`open_photo` / :func:`read_image` decode a photo (EXIF orientation applied, any mode to 8 bits);
+2. :meth:`Segmenter.segment` downscales it when its longer side exceeds ``max_size`` and predicts;
+3. the :class:`Prediction` it returns brings the labels back to the photo's size by nearest neighbour
+   (:meth:`Prediction.full`, or row by row with :meth:`Prediction.rows`) and gives the class shares
+   (:meth:`Prediction.fractions`);
+4. :func:`check_num_classes` refuses a model that does not output one channel per class of :data:`CLASSES`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from labcode.classes import CLASSES, NUM_CLASSES
 from labcode.errors import LabError
-from labcode.uploads import UploadError, open_image
 
 
 class ModelFileError(LabError):
-    """A model file cannot be loaded."""
+    """A model file cannot be loaded, or its model does not output the course's classes."""
 
 
-#: Photos read from files have no pixel limit of their own (Pillow's decompression-bomb guard still applies).
-_NO_PIXEL_LIMIT = 2**62
+class ImageFileError(LabError, ValueError):
+    """An image (a file or uploaded bytes) cannot be decoded; ``too_large`` when it was refused for its pixel count."""
 
-
-class ImageFileError(LabError):
-    """An image file cannot be read."""
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -60,9 +72,76 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def open_photo(data: bytes, *, max_pixels: int | None = None, name: str = "image") -> Image.Image:
+    """Decode the bytes of a photo into an upright Pillow image of mode ``RGB`` or ``L`` (8-bit gray).
+
+    The pixel count is checked on the header, before the pixels are decoded, so a small file announcing a huge image
+    costs nothing. EXIF orientation is applied in place; palette, CMYK and alpha images become RGB (the alpha
+    channel is dropped), 1-bit and gray-with-alpha ones 8-bit gray, 16-bit and float gray ones 8-bit gray.
+    Each conversion holds at most the decoded image and its converted copy; gray stays one byte per pixel.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: largest accepted width x height (``None``: no limit of its own; Pillow's decompression-bomb
+            guard still applies).
+        name: what the messages call the image (a file name).
+
+    Raises:
+        ImageFileError: ``data`` is empty or not a decodable image; ``too_large`` is set when it has more pixels
+            than ``max_pixels`` or than Pillow's decompression-bomb guard allows.
+    """
+    if not data:
+        raise ImageFileError(f"{name} is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageFileError(f"{name}: {exc}", too_large=True) from exc
+    except Exception as exc:  # PIL raises many types on foreign or damaged files
+        raise ImageFileError(f"{name} is not an image (PNG, JPEG, WebP, BMP, TIFF, ... are accepted)") from exc
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageFileError(f"{name} is {width}x{height} = {width * height} pixels, more than the limit of "
+                             f"{max_pixels}", too_large=True)
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb_or_gray(img)
+    except Exception as exc:
+        raise ImageFileError(f"cannot decode {name} ({img.format} {width}x{height}): {exc}") from exc
+
+
+def _to_rgb_or_gray(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if not img.mode.startswith(("I", "F")):
+        return img.convert("RGB")
+    # 16/32-bit integer or float gray: bring to 0..255, strip by strip (a float64 copy of it all would be 8 B/pixel)
+    scale = img.mode.startswith("I;16") or (img.getextrema()[1] or 0) > 255
+    gray = Image.new("L", img.size)
+    for top, bottom in row_strips(*img.size):
+        values = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float64)
+        values = values / 257.0 if scale else values  # the 16-bit range onto the 8-bit range
+        gray.paste(Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)), (0, top))
+    return gray
+
+
+def row_strips(width: int, height: int, pixels: int = 2**20) -> list[tuple[int, int]]:
+    """Row ranges ``(top, bottom)`` of horizontal strips of about ``pixels`` pixels covering a width x height image."""
+    rows = max(1, pixels // max(width, 1))
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def rgb_rows(img: Image.Image, top: int, bottom: int) -> np.ndarray:
+    """Rows ``top:bottom`` of an ``RGB`` or ``L`` Pillow image as ``uint8`` (rows, W, 3)."""
+    rows = np.asarray(img.crop((0, top, img.width, bottom)))
+    return np.repeat(rows[..., None], 3, axis=2) if rows.ndim == 2 else rows
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read a photo as ``uint8`` (H, W, 3) RGB, decoded as the server decodes an upload
-    (:func:`labcode.uploads.open_image`): turned upright by its EXIF orientation, any mode brought to 8 bits.
+    """Read a photo as ``uint8`` (H, W, 3) RGB, decoded by :func:`open_photo` (as the server decodes an upload):
+    turned upright by its EXIF orientation, any mode brought to 8 bits.
 
     Raises:
         FileNotFoundError: no such file.
@@ -72,15 +151,80 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
-        image = open_image(path.read_bytes(), max_pixels=_NO_PIXEL_LIMIT, name=str(path))
-    except UploadError as exc:
-        raise ImageFileError(f"cannot read {path} as an image ({exc})") from exc
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        image = open_photo(path.read_bytes(), name=str(path))
+    except ImageFileError as exc:
+        raise ImageFileError(f"cannot read {path} as an image ({exc})", too_large=exc.too_large) from exc
+    return rgb_rows(image, 0, image.height)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels out: downscaled size, nearest-neighbour upsampling, class shares
+# --------------------------------------------------------------------------------------------------------------------
+
+def downscaled_size(width: int, height: int, max_size: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` scaled so that the longer side is ``max_size``, or ``None`` when it already fits."""
+    if max_size is None or max(height, width) <= max_size:
+        return None
+    scale = max_size / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def nearest_indices(source: int, target: int) -> np.ndarray:
     """For each of ``target`` pixels along one axis, the index of the ``source`` pixel under its centre."""
     return np.minimum(((np.arange(target) + 0.5) * source / target).astype(np.int64), source - 1)
+
+
+def class_fractions(labels: np.ndarray, size: tuple[int, int] | None = None) -> dict[str, float]:
+    """Share of the pixels of each class, every class of :data:`CLASSES` in order (the shares sum to 1).
+
+    Args:
+        labels: class indices (h, w).
+        size: ``(width, height)`` of the image the labels stand for when they were predicted on a downscaled copy:
+            the shares are those of the labels brought to that size by nearest neighbour (computed exactly, without
+            making them: each label pixel counts as many times as the full-size pixels that map onto it).
+    """
+    weights = None
+    if size is not None:
+        (h, w), (width, height) = labels.shape, size
+        weights = np.outer(np.bincount(nearest_indices(h, height), minlength=h),
+                           np.bincount(nearest_indices(w, width), minlength=w)).ravel()
+    counts = np.bincount(labels.ravel(), weights=weights, minlength=NUM_CLASSES)[:NUM_CLASSES]
+    shares = counts / max(counts.sum(), 1)
+    return {name: float(share) for name, share in zip(CLASSES, shares)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The class map of one image, kept at the resolution the network saw (``labels``), and the image's size.
+
+    Attributes:
+        labels: (h, w) class indices (``uint8`` from :meth:`Segmenter.segment`), predicted on the image or on a
+            downscaled copy of it.
+        width, height: the size of the image the labels stand for.
+    """
+
+    labels: np.ndarray
+    width: int
+    height: int
+
+    def rows(self, top: int = 0, bottom: int | None = None) -> np.ndarray:
+        """Rows ``top:bottom`` of the class map at the image's size, by nearest neighbour (pixel centres matched).
+
+        Shape:
+            (bottom - top, width) out, the dtype of ``labels``.
+        """
+        bottom = self.height if bottom is None else bottom
+        h, w = self.labels.shape
+        picked = self.labels[nearest_indices(h, self.height)[top:bottom]]
+        return picked if w == self.width else picked[:, nearest_indices(w, self.width)]
+
+    def full(self) -> np.ndarray:
+        """The class map at the image's size, ``int64`` (height, width)."""
+        return self.rows().astype(np.int64)
+
+    def fractions(self) -> dict[str, float]:
+        """Class name -> share of the image's pixels, every class in order (see :func:`class_fractions`)."""
+        return class_fractions(self.labels, (self.width, self.height))
 
 
 def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -89,16 +233,34 @@ def resize_labels_nearest(labels: np.ndarray, height: int, width: int) -> np.nda
     Shape:
         (h, w) in, (height, width) out, same dtype.
     """
-    h, w = labels.shape
-    return labels[np.ix_(nearest_indices(h, height), nearest_indices(w, width))]
+    return Prediction(labels, width, height).rows()
 
 
-def downscaled_size(width: int, height: int, max_size: int | None) -> tuple[int, int] | None:
-    """``(width, height)`` scaled so that the longer side is ``max_size``, or ``None`` when it already fits."""
-    if max_size is None or max(height, width) <= max_size:
-        return None
-    scale = max_size / max(height, width)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+# --------------------------------------------------------------------------------------------------------------------
+# The class check
+# --------------------------------------------------------------------------------------------------------------------
+
+def check_num_classes(found: int | None, path: str | Path, expected: int | None = NUM_CLASSES) -> None:
+    """Refuse a model that outputs another number of classes than ``expected`` (``None``: accept any).
+
+    Raises:
+        ModelFileError: ``found`` differs from ``expected`` (the message names the model file and the classes).
+    """
+    if expected is not None and found != expected:
+        what = f"outputs {found} classes" if found is not None else "does not output (B, K, H, W) logits"
+        raise ModelFileError(f"model {path} {what} but the course's class list has {NUM_CLASSES} "
+                             f"({', '.join(CLASSES[:3])}, ..., {CLASSES[-1]}): it was not trained for these classes, "
+                             "its predictions would be named wrongly")
+
+
+def check_logits(logits: np.ndarray, path: str | Path) -> np.ndarray:
+    """Return ``logits`` after checking that they are (B, K, H, W) with one channel per class of :data:`CLASSES`.
+
+    Raises:
+        ModelFileError: another shape or number of classes (the message names the model file).
+    """
+    check_num_classes(logits.shape[1] if logits.ndim == 4 else None, path)
+    return logits
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -131,43 +293,39 @@ class Segmenter:
         batch = np.stack([preprocess(as_rgb(image)) for image in images])
         return check_logits(self.logits(batch), self.path).argmax(axis=1).astype(np.int64)
 
-    def predict(self, image: np.ndarray, *, max_size: int | None = None) -> np.ndarray:
-        """Class map of one image of any size and mode (grayscale, RGB, RGBA).
+    def segment(self, image: np.ndarray | Image.Image, *, max_size: int | None = None) -> Prediction:
+        """Predict the class map of one image of any size and mode: the one inference step of the library.
 
         Args:
-            image: the image array.
-            max_size: when the longer side exceeds it, predict on a downscaled copy (longer side ``max_size``) and
-                bring the labels back to the original resolution by nearest neighbour.
+            image: an array (grayscale, RGB, RGBA; see :func:`as_rgb`) or a Pillow image (``RGB`` or ``L``, what
+                :func:`open_photo` gives, are used as they are; other modes are converted to ``RGB``).
+            max_size: when the longer side exceeds it, predict on a copy downscaled (bilinear) to that longer side;
+                the :class:`Prediction` brings the labels back to the image's size.
+
+        Returns:
+            The labels at the resolution the network saw, and the image's size.
+        """
+        if isinstance(image, Image.Image):
+            image = image if image.mode in ("RGB", "L") else image.convert("RGB")
+            width, height = image.size
+        else:
+            image = as_rgb(image)
+            height, width = image.shape[:2]
+        small_size = downscaled_size(width, height, max_size)
+        if small_size is not None:  # bilinear, on the RGB (or gray) image as it is
+            image = (image if isinstance(image, Image.Image) else Image.fromarray(image)).resize(
+                small_size, Image.Resampling.BILINEAR)
+        labels = self.predict_batch(np.asarray(image)[None])[0].astype(np.uint8)
+        return Prediction(labels, width, height)
+
+    def predict(self, image: np.ndarray | Image.Image, *, max_size: int | None = None) -> np.ndarray:
+        """Class map of one image of any size and mode, at the image's size (:meth:`segment` then
+        :meth:`Prediction.full`).
 
         Shape:
             (H, W[, C]) in, ``int64`` (H, W) out.
         """
-        image = as_rgb(image)
-        height, width = image.shape[:2]
-        small_size = downscaled_size(width, height, max_size)
-        if small_size is not None:
-            from PIL import Image
-
-            small = np.asarray(Image.fromarray(image).resize(small_size, Image.Resampling.BILINEAR))
-            return resize_labels_nearest(self.predict_batch(small[None])[0], height, width)
-        return self.predict_batch(image[None])[0]
-
-
-def check_logits(logits: np.ndarray, path: str | Path) -> np.ndarray:
-    """Return ``logits`` after checking that they are (B, K, H, W) with one channel per class of :data:`CLASSES`.
-
-    Raises:
-        ModelFileError: another shape or number of classes (the message names the model file).
-    """
-    if logits.ndim != 4 or logits.shape[1] != NUM_CLASSES:
-        raise ModelFileError(_classes_message(path, logits.shape[1] if logits.ndim == 4 else None))
-    return logits
-
-
-def _classes_message(path: str | Path, found: int | None) -> str:
-    what = f"outputs {found} classes" if found is not None else "does not output (B, K, H, W) logits"
-    return (f"model {path} {what} but the course's class list has {NUM_CLASSES} ({', '.join(CLASSES[:3])}, ..., "
-            f"{CLASSES[-1]}): it was not trained for these classes, its predictions would be named wrongly")
+        return self.segment(image, max_size=max_size).full()
 
 
 def _cuda_usable() -> bool:
@@ -202,11 +360,10 @@ def session_settings(threads: int | None = None) -> dict[str, Any]:
     - ``intra_op_num_threads``: ``threads``, by default the physical cores (SMT siblings share one core's vector
       units);
     - ``execution_mode`` sequential and ``inter_op_num_threads`` 1: a UNet is one chain of operators;
-    - ``enable_mem_pattern`` and ``enable_cpu_mem_arena``: buffers planned once per input shape and reused. The
-      arena keeps the memory of the largest input the session saw (4.2 GB after a batch of two 1080x1080 images for
-      the 8.6 M-parameter UNet, 1.5 GB without the arena, which costs 6-9 % more time at 256x256);
-    - ``allow_spinning`` on: pool threads spin between operators instead of sleeping (on a shared two-core machine a
-      256x256 image took 152 ms with spinning and 184 ms without in its quiet moments; under load they were alike).
+    - ``enable_mem_pattern`` and ``enable_cpu_mem_arena``: buffers planned once per input shape and reused; the
+      arena keeps the memory of the largest input the session saw, and is faster than allocating each time;
+    - ``allow_spinning`` on: pool threads spin between operators instead of sleeping, which shortens a run when
+      cores are free (``benchmarks/bench_infer.py`` measures these settings);
     - ``log_severity_level`` 3: the session logs errors only (set per session: nothing changes ONNX Runtime's global
       logger).
 
@@ -270,8 +427,7 @@ class OnnxSegmenter(Segmenter):
             raise ModelFileError(f"cannot load ONNX model {self.path}: {message}") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.num_classes = self._output_classes()
-        if num_classes is not None and self.num_classes != num_classes:
-            raise ModelFileError(_classes_message(self.path, self.num_classes))
+        check_num_classes(self.num_classes, self.path, num_classes)
 
     @property
     def providers(self) -> list[str]:
@@ -333,8 +489,7 @@ class TorchSegmenter(Segmenter):
         if found is None:  # an in-memory network: run it once
             found = self.logits(np.zeros((1, 3, 64, 64), dtype=np.float32)).shape[1]
         self.num_classes = found
-        if num_classes is not None and self.num_classes != num_classes:
-            raise ModelFileError(_classes_message(self.path, self.num_classes))
+        check_num_classes(self.num_classes, self.path, num_classes)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -378,30 +533,28 @@ def segment_image_file(
         image_path: any image PIL reads (RGBA and grayscale are converted, EXIF orientation honoured).
         out_path: the figure's PNG path (default: ``<image stem>_segmentation.png`` next to the image); the mask, at
             the photo's resolution, goes to ``<out stem>_mask.png``.
-        max_size: see :meth:`Segmenter.predict`.
+        max_size: see :meth:`Segmenter.segment`.
 
     Returns:
-        ``image``, ``figure``, ``mask`` (paths), ``size`` ([width, height]) and ``fractions`` (class -> share of the
-        pixels, classes present only).
+        ``image``, ``figure``, ``mask`` (paths), ``size`` ([width, height]) and ``fractions`` (class name -> share of
+        the pixels, every class in the order of :data:`CLASSES`; see :func:`class_fractions`).
     """
-    from PIL import Image
-
     from labcode.viz import colorize, plot_inference
 
     image_path = Path(image_path)
     image = read_image(image_path)
-    labels = segmenter.predict(image, max_size=max_size)
+    prediction = segmenter.segment(image, max_size=max_size)
+    labels = prediction.full()
     out_path = Path(out_path) if out_path else image_path.with_name(f"{image_path.stem}_segmentation.png")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
     figure = plot_inference(image, labels, title=image_path.name)
     figure.savefig(out_path, dpi=100)
     Image.fromarray(colorize(labels)).save(mask_path)
-    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)
     return {
         "image": str(image_path),
         "figure": str(out_path),
         "mask": str(mask_path),
-        "size": [int(image.shape[1]), int(image.shape[0])],
-        "fractions": {CLASSES[k]: float(counts[k] / labels.size) for k in np.flatnonzero(counts)},
+        "size": [prediction.width, prediction.height],
+        "fractions": prediction.fractions(),
     }

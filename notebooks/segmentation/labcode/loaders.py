@@ -18,11 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from labcode.cache import CachedDataset
 from labcode.dataformat import Sample, room_of
 from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
-from labcode.synth import ensure_default_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +44,8 @@ def default_datadir() -> Path:
                                "2D-3D-S (the folder holding assets/ and area_1 ... area_6), or unset it to use the "
                                "generated data set")
         return root
+    from labcode.synth import ensure_default_dataset  # the generator loads only when its data set is needed
+
     return ensure_default_dataset()
 
 
@@ -145,6 +145,8 @@ def _open_areas(source: str | Path, cached: bool, transforms: Callable,
                 areas: Sequence[str] | None) -> SegmentationDataset:
     """The chosen areas of a data set root, or of a prepared cache when ``cached``."""
     if cached:
+        from labcode.cache import CachedDataset  # the prepared cache's machinery, only for a prepared cache
+
         return CachedDataset(source, transforms=transforms, areas=areas)
     return StanfordDataset(source, transforms=transforms, areas=areas)
 

@@ -29,8 +29,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from labcode.distributed import world_size
-
 ArrayLike = torch.Tensor | np.ndarray
 
 
@@ -197,7 +195,7 @@ class ConfusionMatrix:
         Returns:
             ``self``, holding the counts of the union of the processes' batches.
         """
-        if world_size() <= 1:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
             return self
         matrix = self.matrix.to(device if device is not None else self.matrix.device)
         dist.all_reduce(matrix)

@@ -1,12 +1,6 @@
 # Your copy of the course library: labcode/models.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
-"""Model registry, parameter count and a layer-by-layer summary; ``python -m labcode.models`` prints one.
-
-Example::
-
-    python -m labcode.models --model unet --img-size 256 --num-blocks 4 --base-chan 64
-    python -m labcode.models --model deeplabv3plus --img-size 97 65 --base-chan 16
-"""
+"""Model registry, parameter count and a layer-by-layer summary (``python -m labcode models`` prints one)."""
 
 from __future__ import annotations
 
@@ -141,13 +135,3 @@ def model_summary(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)
     ]
     return "\n".join(lines)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the summary of a model on a dummy batch: the ``models`` command (:mod:`labcode.commands.models`)."""
-    from labcode.commands.models import main as models_command
-
-    return models_command(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

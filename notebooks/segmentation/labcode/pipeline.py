@@ -26,14 +26,11 @@ from labcode.classes import TEST_AREAS
 from labcode.data import StanfordDataset, default_datadir
 from labcode.errors import LabError
 from labcode.infer import OnnxSegmenter, segment_image_file
-from labcode.reference import is_complete, read_scores, reference_dir, train_reference
+from labcode.reference import is_complete, reference_dir, reference_info, train_reference
 from labcode.scoring import evaluate_areas, format_metrics_table
-from labcode.train import fit
+from labcode.train import FitResult, fit
 
 logger = logging.getLogger(__name__)
-
-#: What the rest of the pipeline needs of the model, trained or found.
-_MODEL_KEYS = ("onnx", "device", "train_size", "valid_size", "epoch_times", "best_macro_f1", "best_epoch", "parity")
 
 
 def run_pipeline(
@@ -66,7 +63,8 @@ def run_pipeline(
 
     Returns:
         The contents of ``pipeline.json`` (``run_dir``, ``datadir``, ``reference``, ``reference_model``, ``device``,
-        ``train_images``, ``valid_images``, ``epochs``, ``seconds_per_epoch``, ``best_valid_macro_f1``,
+        ``train_size``, ``valid_size``, ``epochs``, ``seconds_per_epoch``, ``best_macro_f1`` (named as in
+        :class:`labcode.train.FitResult`),
         ``best_epoch``, ``onnx``, ``parity``, ``test_areas``, ``test_macro_f1``, ``test_mean_iou``, ``test_metrics``,
         ``inference_figure``, ``inference_mask``, ``total_seconds``), ``interrupted`` False and ``test_scores``; or,
         when a signal stopped the training, ``interrupted`` True, ``reference``, ``signal``, ``last_checkpoint``.
@@ -78,20 +76,26 @@ def run_pipeline(
     started = time.perf_counter()
     out = Path(out)
     _empty_folder(out, overwrite)
+    reference_model = None
     if config is None:
-        model = _reference_model(out, retrain, reference_overrides or {}, progress, command, say)
+        info = _reference_info(retrain, reference_overrides or {}, progress, command, say)
+        if info.get("interrupted"):
+            return {"interrupted": True, "reference": True, "signal": None, "last_checkpoint": info["last_checkpoint"]}
+        model, datadir, reference_model = _copy_reference(info, out), Path(info["datadir"]), info["model"]
     else:
-        model = _train_new(out, config, areas_test, progress, command, say)
-    if model.get("interrupted"):
-        return model
-    datadir = Path(model["datadir"])
+        model, datadir = _train_new(out, config, areas_test, progress, command, say)
+        if model.interrupted:
+            return {"interrupted": True, "reference": False, "signal": model.signal,
+                    "last_checkpoint": model.last_checkpoint}
+        if not model.onnx:
+            raise LabError(f"the training in {model.run_dir} produced no ONNX model")
     test_images = StanfordDataset(datadir, areas=list(areas_test))
     epoch_time = _announce(model, areas_test, len(test_images), say)
-    test_size = model["img_size"] if test_img_size is None else (test_img_size or None)
-    tested, segmented = _test(model["onnx"], datadir, areas_test, test_images.files[0].rgb, out, test_size,
+    test_size = model.img_size if test_img_size is None else (test_img_size or None)
+    tested, segmented = _test(model.onnx, datadir, areas_test, test_images.files[0].rgb, out, test_size,
                               num_workers, progress, say)
     summary = {
-        "run_dir": str(out), "datadir": str(datadir), "reference": config is None,
+        "run_dir": str(out), "datadir": str(datadir), "reference": config is None, "reference_model": reference_model,
         **_model_summary(model, epoch_time), "test_areas": list(areas_test), "test_macro_f1": tested["macro_f1"],
         "test_mean_iou": tested["mean_iou"], "test_metrics": str(out / "test_metrics.json"),
         "inference_figure": segmented["figure"], "inference_mask": segmented["mask"],
@@ -101,24 +105,23 @@ def run_pipeline(
     return {**summary, "interrupted": False, "test_scores": tested}
 
 
-def _announce(model: dict[str, Any], areas_test: Sequence[str], test_images: int, say: Callable[[str], None]) -> float:
+def _announce(model: FitResult, areas_test: Sequence[str], test_images: int, say: Callable[[str], None]) -> float:
     """Say how the model trained, how it exported, what it is tested on; return its mean epoch time."""
-    epoch_time = sum(model["epoch_times"]) / max(1, len(model["epoch_times"]))
-    say(f"      best validation macro F1 {model['best_macro_f1']:.4f} at epoch {model['best_epoch'] + 1}, "
+    epoch_time = sum(model.epoch_times) / max(1, len(model.epoch_times))
+    say(f"      best validation macro F1 {model.best_macro_f1:.4f} at epoch {model.best_epoch + 1}, "
         f"{epoch_time:.1f} s per epoch")
-    say(f"[2/4] exported {model['onnx']}; max |ONNX - PyTorch|: "
-        + ", ".join(f"{size} {diff:.1e}" for size, diff in model["parity"].items()))
+    say(f"[2/4] exported {model.onnx}; max |ONNX - PyTorch|: "
+        + ", ".join(f"{size} {diff:.1e}" for size, diff in model.parity.items()))
     say(f"[3/4] testing on areas {' '.join(areas_test)} ({test_images} images)")
     return epoch_time
 
 
-def _model_summary(model: dict[str, Any], epoch_time: float) -> dict[str, Any]:
+def _model_summary(model: FitResult, epoch_time: float) -> dict[str, Any]:
     """The entries of ``pipeline.json`` about the model and its training."""
-    return {"reference_model": model.get("reference_model"), "device": model["device"],
-            "train_images": model["train_size"], "valid_images": model["valid_size"],
-            "epochs": len(model["epoch_times"]), "seconds_per_epoch": epoch_time,
-            "best_valid_macro_f1": model["best_macro_f1"], "best_epoch": model["best_epoch"], "onnx": model["onnx"],
-            "parity": model["parity"]}
+    return {"device": model.device, "train_size": model.train_size, "valid_size": model.valid_size,
+            "epochs": len(model.epoch_times), "seconds_per_epoch": epoch_time,
+            "best_macro_f1": model.best_macro_f1, "best_epoch": model.best_epoch, "onnx": model.onnx,
+            "parity": model.parity}
 
 
 def _empty_folder(out: Path, overwrite: bool) -> None:
@@ -129,43 +132,42 @@ def _empty_folder(out: Path, overwrite: bool) -> None:
 
 
 def _train_new(out: Path, config, areas_test: Sequence[str], progress: bool, command: str | None,
-               say: Callable[[str], None]) -> dict[str, Any]:
-    """Train a new run into ``out``; what the rest of the pipeline needs (or the interruption)."""
+               say: Callable[[str], None]) -> tuple[FitResult, Path]:
+    """Train a new run into ``out``; its result and its data set."""
     datadir = Path(config.datadir) if config.datadir else default_datadir()
     StanfordDataset(datadir, areas=list(areas_test))  # fails early on a missing test area
     config = dataclasses.replace(config, datadir=str(datadir), logdir=str(out.parent), run_name=out.name,
                                  progress=progress, command=command or config.command)
     say(f"[1/4] training {config.model} on areas {' '.join(config.areas_train)} of {datadir}")
-    trained = fit(config)
-    if trained["interrupted"]:
-        return {"interrupted": True, "reference": False, "signal": trained["signal"],
-                "last_checkpoint": trained["last_checkpoint"]}
-    if not trained["onnx"]:
-        raise LabError(f"the training in {trained['run_dir']} produced no ONNX model")
-    return {key: trained[key] for key in _MODEL_KEYS} | {"img_size": config.img_size, "datadir": str(datadir)}
+    return fit(config), datadir
 
 
-def _reference_model(out: Path, retrain: bool, overrides: dict[str, Any], progress: bool, command: str | None,
-                     say: Callable[[str], None]) -> dict[str, Any]:
-    """The course's reference model, trained first when missing, copied into ``out``."""
+def _reference_info(retrain: bool, overrides: dict[str, Any], progress: bool, command: str | None,
+                    say: Callable[[str], None]) -> dict[str, Any]:
+    """The ``reference.json`` of the course's reference model, trained first when missing (or the interruption)."""
     folder = reference_dir()
     if is_complete(folder) and not retrain:
         say(f"[1/4] reference model found in {folder} (--retrain trains it again)")
-        summary = read_scores(folder)
-    else:
-        say(f"[1/4] training the reference model into {folder}")
-        summary = train_reference(None, folder, progress=progress, command=command, **overrides)
-        if summary.get("interrupted"):
-            return {"interrupted": True, "reference": True, "signal": None,
-                    "last_checkpoint": summary["last_checkpoint"]}
+        return reference_info(folder)
+    say(f"[1/4] training the reference model into {folder}")
+    return train_reference(None, folder, progress=progress, command=command, **overrides)
+
+
+def _copy_reference(info: dict[str, Any], out: Path) -> FitResult:
+    """Copy the reference model into ``out``; its training's result, read back from its ``reference.json`` (whose
+    entries carry :class:`labcode.train.FitResult`'s names)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in ("best.onnx", "best.pt"):  # a copy beside the results, where a training run leaves its model
-        shutil.copy2(Path(summary["model"]).with_name(name), out / name)
-    return {"onnx": str(out / "best.onnx"), "reference_model": summary["model"], "device": summary["device"],
-            "train_size": summary["train_images"], "valid_size": summary["valid_images"],
-            "epoch_times": summary["epoch_times"], "best_macro_f1": summary["best_valid_macro_f1"],
-            "best_epoch": summary["best_epoch"], "parity": summary["parity"], "img_size": summary["eval_img_size"],
-            "datadir": summary["datadir"]}
+        shutil.copy2(Path(info["model"]).with_name(name), out / name)
+    epoch_times = list(info.get("epoch_times", []))
+    return FitResult(
+        run_dir=str(info.get("run_dir", Path(info["model"]).parent)), best_checkpoint=str(out / "best.pt"),
+        last_checkpoint=None, onnx=str(out / "best.onnx"), best_macro_f1=info["best_macro_f1"],
+        best_epoch=info["best_epoch"], best_metrics={}, history=[], epoch_times=epoch_times,
+        epochs_completed=len(epoch_times), interrupted=False, signal=None, parity=dict(info.get("parity", {})),
+        device=str(info.get("device", "unknown")), precision=str(info.get("precision", "unknown")), rank=0,
+        img_size=info["img_size"], areas_train=list(info["areas_train"]), train_size=info["train_size"],
+        valid_size=info["valid_size"], fingerprint="", reused=True)
 
 
 def _test(onnx: str, datadir: Path, areas_test: Sequence[str], image: Path, out: Path, test_size: int | None,

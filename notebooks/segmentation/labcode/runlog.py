@@ -8,7 +8,9 @@ In ``<logdir>/<run_name>/``:
   TensorBoard as text);
 - ``events.out.tfevents.*``: TensorBoard scalars (losses, macro F1, mIoU, per-class F1 and IoU, learning rate,
   epoch time) and figures (validation predictions, confusion matrix);
-- ``history.json``: one entry of metrics per completed epoch (NaN written as ``null``).
+- ``history.json``: one entry of metrics per completed epoch (NaN written as ``null``);
+- ``result.json``: written last, by a run that finished: what :func:`labcode.train.fit` returned, with the run's
+  fingerprint (:func:`run_fingerprint`), so that the same configuration on the same data is found again.
 
 A new run that fails before its first checkpoint removes what it wrote (:meth:`RunLog.discard`), so that a run
 directory always holds a checkpoint to resume or to use. Only rank 0 of a distributed run keeps a log.
@@ -16,10 +18,12 @@ directory always holds a checkpoint to resume or to use. Only rank 0 of a distri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,38 @@ def git_commit(path: str | Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def dataset_identity(datadir: str | Path, areas: Sequence[str]) -> dict[str, Any]:
+    """What identifies the data a run reads: the data set's folder, the number of images of each of ``areas`` and,
+    for a generated data set, its generator's description (``assets/synth.json``: version, seed, size).
+
+    Raises:
+        DatasetError: ``datadir`` holds no data set, or an area is missing (the message names it).
+    """
+    from labcode.data import StanfordDataset
+
+    root = Path(datadir).expanduser().resolve()
+    counts = {str(area): len(StanfordDataset(root, areas=[area])) for area in sorted(set(areas))}
+    generator = root / "assets" / "synth.json"
+    return {"root": str(root), "images": counts,
+            "generator": json.loads(generator.read_text()) if generator.is_file() else None}
+
+
+def cache_identity(cache_dir: str | Path) -> dict[str, Any]:
+    """What identifies a prepared image cache (``python -m labcode prepare``) a run reads instead of the data set:
+    its folder and a hash of its ``index.json`` (source, areas, size, files and checksums)."""
+    root = Path(cache_dir).expanduser().resolve()
+    index = root / "index.json"
+    return {"cache": str(root), "index": hashlib.sha256(index.read_bytes()).hexdigest() if index.is_file() else None}
+
+
+def run_fingerprint(config: dict[str, Any], data: dict[str, Any]) -> str:
+    """A short hash of a run's result fields (``TrainConfig.result_fields()``) and of its data
+    (:func:`dataset_identity` or :func:`cache_identity`): equal fingerprints mean the same training on the same
+    data."""
+    text = json.dumps({"config": config, "data": data}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def summary_text(run_name: str, config: dict[str, Any], *, command: str | None, commit: str, device: str,

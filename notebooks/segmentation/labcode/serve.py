@@ -41,17 +41,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from labcode.classes import CLASSES
-from labcode.errors import LabError
-from labcode.uploads import (
-    DEFAULT_MAX_PIXELS,
-    UploadError,
-    class_fractions,
-    legend,
-    open_image,
-    predict_labels,
-    render_png,
-)
+from labcode import infer
+from labcode.uploads import DEFAULT_MAX_PIXELS, UploadError, legend, open_image, render_png
 from labcode.webpage import PAGE, PAGE_CSP
 
 if TYPE_CHECKING:
@@ -110,13 +101,12 @@ def create_app(
 
 
 def _open_segmenter(model: str | Path | Segmenter, providers: Sequence[str] | None) -> Segmenter:
-    from labcode.infer import OnnxSegmenter
-
-    segmenter = OnnxSegmenter(model, providers=providers) if isinstance(model, (str, Path)) else model
-    if getattr(segmenter, "num_classes", None) not in (None, len(CLASSES)):
-        raise LabError(f"model {segmenter.path} outputs {segmenter.num_classes} classes but the course's class list "
-                       f"has {len(CLASSES)}")
-    return segmenter
+    """The segmenter of ``model`` (an ONNX file is opened here); a model of other classes is refused."""
+    if isinstance(model, (str, Path)):
+        return infer.OnnxSegmenter(model, providers=providers)  # checks the classes when it opens the file
+    if model.num_classes is not None:
+        infer.check_num_classes(model.num_classes, model.path)
+    return model
 
 
 class _Service:
@@ -136,13 +126,13 @@ class _Service:
     def process(self, data: bytes, name: str, output: str, view: str, alpha: float) -> tuple[bytes, str]:
         """Decode, segment and encode one upload (in a worker thread); returns the body and its media type."""
         img = open_image(data, max_pixels=self.max_pixels, name=name)
-        labels = predict_labels(self.segmenter, img, self.max_side)
+        prediction = self.segmenter.segment(img, max_size=self.max_side)
         if output == "json":
-            shares = class_fractions(labels, img.size)
-            classes = [{**entry, "fraction": share} for entry, share in zip(legend(), shares)]
+            shares = prediction.fractions()
+            classes = [{**entry, "fraction": shares[entry["name"]]} for entry in legend()]
             body = {"model": self.model_name, "width": img.width, "height": img.height, "classes": classes}
             return json.dumps(body).encode(), "application/json"
-        return render_png(img, labels, view, alpha), "image/png"
+        return render_png(img, prediction, view, alpha), "image/png"
 
     async def answer(self, file: UploadFile, output: str, view: str, alpha: float) -> Response:
         """Wait for a free slot, read the upload (refusing one over the limit), process it in a thread."""

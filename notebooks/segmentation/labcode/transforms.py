@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-import labcode  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
-
 #: Per-channel mean and standard deviation (ImageNet statistics) applied to images scaled to [0, 1].
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -23,6 +23,7 @@ PAGE = """<!doctype html>
   figure { margin: 0; }
   figcaption { font-weight: 600; margin-bottom: .3rem; }
   figure img { max-width: 420px; max-height: 420px; border: 1px solid #bbb; background: #f4f4f4; }
+  figure img:not([src]) { display: none; }  /* no empty frame before a photo is chosen */
   #legend { list-style: none; padding: 0; margin: 0; font-size: .9rem; }
   #legend li { margin: .15rem 0; }
   .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #333; margin-right: .5em;
@@ -60,6 +61,13 @@ const showBlob = (img, blob) => {
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(blob);
 };
+// A file the browser cannot draw (not an image) hides its frame instead of showing a broken-image icon.
+for (const img of document.querySelectorAll("figure img")) {
+  img.addEventListener("error", () => {
+    URL.revokeObjectURL(img.src);
+    img.removeAttribute("src");
+  });
+}
 
 fetch("health").then((response) => response.json()).then((info) => {
   const megabytes = (info.limits.max_upload_bytes / 2 ** 20).toFixed(1);

@@ -80,11 +80,12 @@ def set_threads(threads: int | None) -> None:
 
 
 def given_options(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str]) -> set[str]:
-    """Destinations of the options written on the command line (not left to their defaults)."""
+    """Destinations of the options written on the command line (not left to their defaults): the command line is
+    parsed into a namespace whose every entry is a marker, which argparse leaves alone for the options not written."""
     parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(list(argv))))
+    unset = object()
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    return {dest for dest, value in vars(parser.parse_args(list(argv), namespace)).items() if value is not unset}
 
 
 def unet_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """``python -m labcode export``: export a training checkpoint to a single-file ONNX model and check it.
 
-The graph takes images of any batch size, height and width. After the export, onnxruntime and PyTorch are run on
-the same random batches at two sizes and the largest difference of the logits is printed.
+The graph takes images of any batch size, height and width. It is the network as written, or with ``--fold`` a
+faster graph for serving (each nearest x2 upsampling + 3x3 convolution computed at the low resolution, see
+:class:`labcode.export.NearestUpsampleConv`). After the export, onnxruntime and PyTorch are run on the same random
+batches at two sizes and the largest difference of the logits is printed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atol", type=positive_float, default=1e-3,
                         help="largest accepted |ONNX - PyTorch| (default: 1e-3)")
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--fold", action="store_true",
+                        help="fold each nearest x2 upsampling + 3x3 conv into 2x2 convs + DepthToSpace (faster to "
+                             "serve, same values)")
     return parser
 
 
@@ -51,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.checkpoint.with_suffix(".onnx")
     if out.resolve() == args.checkpoint.resolve():
         raise LabError(f"--out {out} would overwrite the checkpoint")
-    export_onnx(model, out, example_size=args.example_size, opset=args.opset,
+    export_onnx(model, out, example_size=args.example_size, opset=args.opset, fold=args.fold,
                 metadata={"model": state["model_name"], "checkpoint": str(args.checkpoint)})
-    print(f"exported {state['model_name']} from {args.checkpoint} to {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    graph = "folded graph" if args.fold else "graph"
+    print(f"exported {state['model_name']} from {args.checkpoint} to {out} ({graph}, "
+          f"{out.stat().st_size / 1e6:.2f} MB)")
     diffs = check_onnx_parity(model, out, sizes=args.check_sizes, atol=args.atol)
     for size, diff in diffs.items():
         print(f"parity at {size}: max |ONNX - PyTorch| = {diff:.2e}")

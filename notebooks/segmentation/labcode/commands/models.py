@@ -1,6 +1,6 @@
 # Your copy of the course library: labcode/commands/models.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
-"""``python -m labcode models`` (also ``python -m labcode.models``): print a model's summary for a dummy batch.
+"""``python -m labcode models``: print a model's summary for a dummy batch.
 
 Example::
 
@@ -20,8 +20,8 @@ from labcode.commands.options import positive_int
 def build_parser() -> argparse.ArgumentParser:
     from labcode.models import MODELS
 
-    # a plain argparse parser, as before the command had its module: errors print the usage and exit with status 2
-    parser = argparse.ArgumentParser(prog="python -m labcode.models", description=__doc__,
+    # a plain argparse parser: errors print the usage and exit with status 2
+    parser = argparse.ArgumentParser(prog="python -m labcode models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="unet", help="model name (default: unet)")
     parser.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES,

@@ -120,8 +120,8 @@ def report(result: dict, logdir: str) -> str:
     tensorboard = Path(result["reference_model"]).parent if result["reference"] else logdir
     return "\n".join([
         f"pipeline done in {result['total_seconds']:.0f} s on {result['device']}: {result['run_dir']}",
-        f"  {model_kind:<12} {epochs} epochs x {epoch_time:.1f} s, {result['train_images']} train / "
-        f"{result['valid_images']} valid images (whole rooms), best valid macro F1 {result['best_valid_macro_f1']:.4f}",
+        f"  {model_kind:<12} {epochs} epochs x {epoch_time:.1f} s, {result['train_size']} train / "
+        f"{result['valid_size']} valid images (whole rooms), best valid macro F1 {result['best_macro_f1']:.4f}",
         f"  ONNX         {result['onnx']}",
         f"  test {'+'.join(result['test_areas']):<7} macro F1 {result['test_macro_f1']:.4f}, mIoU "
         f"{result['test_mean_iou']:.4f} ({result['test_metrics']})",

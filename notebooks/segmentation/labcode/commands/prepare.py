@@ -1,6 +1,10 @@
 # Your copy of the course library: labcode/commands/prepare.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
-"""``python -m labcode prepare``: decode, resize and cache a data set once, for fast training epochs."""
+"""``python -m labcode prepare``: decode, resize and cache a data set once, for fast training epochs.
+
+Run again with the same options, it resumes an interrupted cache, or checks a complete one against the checksums
+written with it (and rebuilds it if it is damaged).
+"""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from labcode.commands.common import add_device_options, set_threads
 from labcode.commands.options import ArgumentParser, non_negative_int, positive_int
 from labcode.errors import LabError
 
@@ -38,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--small", action="store_true", help="quick check: a few batches per epoch")
     parser.add_argument("--num-workers", "--num_workers", type=non_negative_int, default=None,
                         help="loader worker processes (default: the recipe's, 2)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster on a busy machine)")
-    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false",
-                        help="full precision, also on CUDA and on CPUs with bfloat16 matrix units (AMX)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_device_options(parser)
     return parser
 
 
@@ -52,8 +48,8 @@ def describe(summary: dict) -> str:
     scores = summary["scores"]
     lines = [f"reference model: {summary['model']}",
              f"  trained in {summary['training_seconds']:.0f} s on {summary['device']} ({summary['precision']}), "
-             f"{summary['train_images']} training / {summary['valid_images']} validation images, best epoch "
-             f"{summary['best_epoch'] + 1} (validation macro F1 {summary['best_valid_macro_f1']:.3f})"]
+             f"{summary['train_size']} training / {summary['valid_size']} validation images, best epoch "
+             f"{summary['best_epoch'] + 1} (validation macro F1 {summary['best_macro_f1']:.3f})"]
     for name, label in (("train", "training areas " + " ".join(scores["train"]["areas"])), ("5a", "area 5a"),
                         ("5b", "area 5b"), ("5a+5b", "areas 5a + 5b")):
         if name in scores:
@@ -66,19 +62,16 @@ def describe(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    from labcode.reference import is_complete, read_scores, reference_dir, train_reference
+    from labcode.reference import is_complete, reference_dir, reference_info, train_reference
 
     if args.datadir is not None and args.out is None:
         raise LabError("--datadir needs --out: the default folder holds the reference model of the generated data set")
     out = args.out or reference_dir()
     if is_complete(out) and not args.force:
         print(f"the reference model is already in {out} (pass --force to train it again)")
-        print(describe(read_scores(out)))
+        print(describe(reference_info(out)))
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     overrides = {key: value for key, value in (("epochs", args.epochs), ("num_workers", args.num_workers),
                                               ("device", args.device)) if value is not None}
     print(f"training the reference model into {out}")

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         width, height = result["size"]
         print(f"segmented {result['image']} ({width}x{height})")
         for name, share in sorted(result["fractions"].items(), key=lambda item: -item[1]):
-            print(f"  {name:<10} {100 * share:5.1f} %")
+            if share > 0:  # the classes present
+                print(f"  {name:<10} {100 * share:5.1f} %")
         print(f"figure: {result['figure']}\nmask:   {result['mask']}")
         return 0
 

@@ -17,6 +17,7 @@ The seed's underscore spellings (``--areas_train``, ``--img_size`` ...) are acce
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -36,10 +37,15 @@ from labcode.errors import LabError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m labcode train``; their defaults are those of :class:`labcode.config.TrainConfig`."""
+    from labcode.config import TrainConfig
+
+    default = TrainConfig()
     parser = ArgumentParser(prog="python -m labcode train", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    add_data_options(data, areas_train=None, valid_ratio=0.2, img_size=256, batch_size=8, num_workers=2)
+    add_data_options(data, areas_train=None, valid_ratio=default.valid_ratio, img_size=default.img_size,
+                     batch_size=default.batch_size, num_workers=default.num_workers)
     data.add_argument("--areas-valid", "--areas_valid", nargs="*", default=None,
                       help="validation areas, never the test areas (default: hold out --valid-ratio of the training "
                       "images, whole rooms at a time)")
@@ -48,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="read the images from a cache made by `python -m labcode prepare`")
 
     model = parser.add_argument_group("model and loss")
-    add_model_options(model)
-    add_loss_options(model, loss="ce", class_weights="none")
+    add_model_options(model, model=default.model)
+    add_loss_options(model, loss=default.loss, class_weights=default.class_weights)
     model.add_argument("--focal-gamma", "--focal_gamma", type=non_negative_float, default=None,
                        help="focal loss: gamma")
     model.add_argument("--tversky-alpha", "--tversky_alpha", type=non_negative_float, default=None,
@@ -58,19 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Tversky: beta (FN)")
 
     optim = parser.add_argument_group("optimisation")
-    add_optimisation_options(optim, epochs=10, lr=1e-3)
-    optim.add_argument("--weight-decay", "--weight_decay", type=non_negative_float, default=1e-4)
-    optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float_in(0.0, 1.0), default=0.05,
+    add_optimisation_options(optim, epochs=default.epochs, lr=default.lr)
+    optim.add_argument("--weight-decay", "--weight_decay", type=non_negative_float, default=default.weight_decay)
+    optim.add_argument("--warmup-ratio", "--warmup_ratio", type=float_in(0.0, 1.0), default=default.warmup_ratio,
                        help="fraction of the steps of linear warm-up before the cosine decay")
 
     run = parser.add_argument_group("run")
     add_device_options(run)
-    run.add_argument("--logdir", default="runs", help="parent directory of the runs (default: runs)")
+    run.add_argument("--logdir", default=default.logdir,
+                     help=f"parent directory of the runs (default: {default.logdir})")
     run.add_argument("--run-name", "--run_name", default=None, help="run directory name (default: model-time)")
-    run.add_argument("--figure-every", type=positive_int, default=1,
-                     help="draw the TensorBoard figures every N epochs and at the last one (default: 1)")
+    run.add_argument("--figure-every", type=positive_int, default=default.figure_every,
+                     help=f"draw the TensorBoard figures every N epochs and at the last one (default: "
+                     f"{default.figure_every})")
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                      help="continue a run: a checkpoint, a run directory, or nothing for <logdir>/<run-name>")
+    run.add_argument("--retrain", action="store_true",
+                     help="train again even if --run-name holds the finished run of these options, replacing it "
+                     "(without it, such a run is reported and nothing is trained)")
     run.add_argument("--channels-last", "--channels_last", action="store_true")
     run.add_argument("--no-export", dest="export_onnx", action="store_false", help="do not export best.onnx")
     return parser
@@ -113,27 +124,30 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
     )
 
 
-#: configuration fields set from several command-line options
-_SOURCES = {"model_options": ("num_blocks", "base_chan"), "loss_options": ("loss", "focal_gamma", "tversky_alpha",
-                                                                           "tversky_beta")}
+#: Options whose value goes into a field holding several options (the other options' destinations are fields).
+_FIELD_OF_OPTION = {"num_blocks": "model_options", "base_chan": "model_options", "focal_gamma": "loss_options",
+                    "tversky_alpha": "loss_options", "tversky_beta": "loss_options"}
 
 
-def merge_resumed(config, argv: list[str]):
-    """On ``--resume``, start from the configuration saved in the checkpoint and apply only the options given now.
+def given_fields(argv: list[str]) -> set[str]:
+    """The :class:`labcode.config.TrainConfig` fields that the options written in ``argv`` set."""
+    given = given_options(build_parser, argv)
+    return {_FIELD_OF_OPTION.get(dest, dest) for dest in given} | ({"loss_options"} if "loss" in given else set())
 
-    Model options given now are applied over the checkpoint's, so that :func:`labcode.train.fit` compares the
-    architecture asked for with the checkpoint's and refuses a change.
+
+def resumed_config(config, checkpoint: dict, given: set[str]):
+    """On ``--resume``: the configuration saved in the checkpoint, with the fields of the options given now.
+
+    The architecture stays the checkpoint's: model options given now are laid over the checkpoint's, and
+    :func:`labcode.train.fit` refuses any that differ.
     """
-    from labcode.checkpoint import find_resume_checkpoint, load_checkpoint
     from labcode.config import TrainConfig
 
-    saved = load_checkpoint(find_resume_checkpoint(config.resume)).get("config", {})
-    given = given_options(build_parser, argv)
+    saved = checkpoint.get("config", {})
     merged = config.to_dict()
-    for key, value in saved.items():
-        if key in merged and key not in ("resume", "command") and not given & set(_SOURCES.get(key, (key,))):
-            merged[key] = value
-    if given & set(_SOURCES["model_options"]) and isinstance(saved.get("model_options"), dict):
+    merged.update({key: value for key, value in saved.items()
+                   if key in merged and key not in given and key not in ("resume", "command")})
+    if "model_options" in given and isinstance(saved.get("model_options"), dict):
         merged["model_options"] = {**saved["model_options"], **config.model_options}
     return TrainConfig(**merged)
 
@@ -145,20 +159,28 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     config = config_from_args(args, argv)
-    if config.resume:
-        config = merge_resumed(config, argv)
-    result = fit(config)
-    if result["rank"] != 0:  # under torchrun, rank 0 reports
+    checkpoint = None
+    if config.resume:  # read once: for its configuration here, for its state in fit
+        from labcode.checkpoint import find_resume_checkpoint, load_checkpoint
+
+        path = find_resume_checkpoint(config.resume)
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        config = resumed_config(dataclasses.replace(config, resume=str(path)), checkpoint, given_fields(argv))
+    result = fit(config, retrain=args.retrain, checkpoint=checkpoint)
+    if result.rank != 0:  # under torchrun, rank 0 reports
         return 0
-    if result["interrupted"]:
-        print(f"interrupted by {result['signal']} after {result['epochs_completed']} completed epoch(s); state saved "
-              f"to {result['last_checkpoint']}")
-        print(f"continue with: python -m labcode train --resume {result['last_checkpoint']}")
-    if result["best_epoch"] is not None:
-        print(f"best validation macro F1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch'] + 1} "
-              f"(run {result['run_dir']})")
-        print(f"best checkpoint: {result['best_checkpoint']}")
-    if result["onnx"]:
-        diffs = ", ".join(f"{size}: {diff:.2e}" for size, diff in result["parity"].items())
-        print(f"ONNX model: {result['onnx']} (max |ONNX - PyTorch| {diffs})")
+    if result.reused:
+        print(f"{result.run_dir} holds the finished run of these options: nothing to train (--retrain trains it "
+              "again)")
+    if result.interrupted:
+        print(f"interrupted by {result.signal} after {result.epochs_completed} completed epoch(s); state saved "
+              f"to {result.last_checkpoint}")
+        print(f"continue with: python -m labcode train --resume {result.last_checkpoint}")
+    if result.best_epoch is not None:
+        print(f"best validation macro F1 {result.best_macro_f1:.4f} at epoch {result.best_epoch + 1} "
+              f"(run {result.run_dir})")
+        print(f"best checkpoint: {result.best_checkpoint}")
+    if result.onnx:
+        diffs = ", ".join(f"{size}: {diff:.2e}" for size, diff in result.parity.items())
+        print(f"ONNX model: {result.onnx} (max |ONNX - PyTorch| {diffs})")
     return 0
