@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-import labcode.cache as cache
-from labcode.cache import CachedDataset, prepare_cache
-from labcode.datasets import StanfordDataset
+import labcode.storage.cache as cache
 from labcode.errors import DatasetError
-from labcode.loaders import get_dataloaders
+from labcode.storage.cache import CachedDataset, prepare_cache
+from labcode.storage.datasets import StanfordDataset
+from labcode.storage.loaders import get_dataloaders
 
 
 def test_same_labels_as_raw_path_at_equal_size(synth_root, tmp_path):
@@ -92,7 +92,7 @@ def test_loaders_read_the_cache(synth_root, tmp_path):
 def test_pair_of_different_sizes_is_refused_naming_both_files(synth_root, tmp_path, capsys):
     import shutil
 
-    from labcode.cli import main
+    from labcode.commands.cli import main
     from tests.conftest import write_png_rgb
 
     data = tmp_path / "data"
@@ -171,7 +171,7 @@ def _damage_message(call, out, named: str, words: str) -> str:
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_damaged_cache_is_one_clear_error_and_prepare_rebuilds_it(synth_root, tmp_path, capsys, damage):
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     out = prepare_cache(synth_root, tmp_path / "c", size=32, areas=["1", "3"], progress=False)
     pristine = {name: (out / name).read_bytes() for name in ("images.npy", "masks.npy")}
@@ -225,7 +225,7 @@ def test_cache_of_an_older_version_is_rebuilt(synth_root, tmp_path):
 def test_prepare_refuses_an_empty_area_asked_for_beside_another(synth_root, tmp_path, capsys):
     import shutil
 
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     data = tmp_path / "data"
     shutil.copytree(synth_root, data)

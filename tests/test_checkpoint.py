@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from labcode import checkpoint
-from labcode.checkpoint import CheckpointError, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from labcode.config import warmup_cosine
 from labcode.errors import LabError
 from labcode.models import build_model
+from labcode.runtime import checkpoint
+from labcode.runtime.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from labcode.runtime.parts import warmup_cosine
 
 
 def _training_state(steps: int = 3) -> tuple[dict, torch.nn.Module, torch.optim.Optimizer]:
@@ -156,7 +163,7 @@ class _RunsACommand:
 
 
 def test_refused_checkpoints_are_one_line_naming_the_file_and_the_reason(tmp_path: Path, capsys) -> None:
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     files = {"system.pt": "GLOBAL posix.system", "arbitrary.pt": "GLOBAL pickle.loads", "garbage.pt": "zip archive",
              "protocol4.pt": "Unsupported operand"}

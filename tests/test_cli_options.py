@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labcode.cli import main
+from labcode.commands.cli import main
 from labcode.commands.options import ArgumentParser, float_in, int_at_least, port
 from labcode.errors import UsageError, user_message
 
@@ -135,7 +135,7 @@ def test_user_message_unwraps_an_error_raised_in_a_loader_worker():
 
 
 def test_models_and_check_are_commands_like_the_others(capsys):
-    from labcode.cli import COMMANDS
+    from labcode.commands.cli import COMMANDS
 
     assert COMMANDS["models"][0] == "labcode.commands.models" and COMMANDS["check"][0] == "labcode.check"
     assert main(["models", "--img-size", "32", "--num-blocks", "2", "--base-chan", "4"]) == 0

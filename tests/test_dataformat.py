@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from labcode import images
 from labcode.classes import CLASSES
-from labcode.dataformat import (
+from labcode.storage import images
+from labcode.storage.dataformat import (
     LABELS_JSON,
     MISSING_CODE,
     RGB_SUFFIX,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from labcode.classes import CLASSES, NUM_CLASSES
-from labcode.datasets import StanfordDataset
 from labcode.errors import DatasetError
+from labcode.storage.datasets import StanfordDataset
 from tests.conftest import TINY_ENTRIES
 
 

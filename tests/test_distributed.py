@@ -12,9 +12,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from labcode.distributed import StopSignal, agreed_stop, all_reduce_sums, choose_device, distributed_env, world_size
 from labcode.errors import LabError
 from labcode.metrics import ConfusionMatrix
+from labcode.runtime.distributed import (
+    StopSignal,
+    agreed_stop,
+    all_reduce_sums,
+    choose_device,
+    distributed_env,
+    world_size,
+)
 
 K = 4
 

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from labcode.checkpoint import save_checkpoint
 from labcode.classes import CLASSES
 from labcode.export import ExportError, check_onnx_parity, export_onnx
 from labcode.models import build_model
+from labcode.runtime.checkpoint import save_checkpoint
 
 
 def tiny_unet(seed: int, num_blocks: int = 2) -> torch.nn.Module:
@@ -116,7 +116,7 @@ def test_view_serves_the_graph_on_localhost(exported, capsys) -> None:
 
 
 def test_export_refuses_class_names_that_do_not_match_the_outputs(tmp_path: Path, capsys) -> None:
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     torch.manual_seed(0)
     five = build_model("unet", 5, num_blocks=1, base_chan=2).eval()

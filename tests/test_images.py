@@ -1,4 +1,5 @@
-"""labcode.images: every installed decoder gives the pixels of a hand-written PNG and exactly OpenCV's pixels."""
+"""labcode.storage.images: every installed decoder gives the pixels of a hand-written PNG and exactly OpenCV's
+pixels."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labcode import images
-from labcode.dataformat import read_rgb, read_semantic
 from labcode.errors import DatasetError, UnknownNameError
+from labcode.storage import images
+from labcode.storage.dataformat import read_rgb, read_semantic
 
 DECODERS = images.available_decoders()
 

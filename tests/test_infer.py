@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from labcode.checkpoint import save_checkpoint
 from labcode.classes import NUM_CLASSES
 from labcode.errors import LabError
 from labcode.export import export_onnx
@@ -25,6 +24,7 @@ from labcode.infer import (
     segment_image_file,
 )
 from labcode.models import build_model
+from labcode.runtime.checkpoint import save_checkpoint
 from labcode.transforms import preprocess
 
 
@@ -85,7 +85,7 @@ def test_read_image_honours_exif_orientation_and_converts_modes(tmp_path: Path) 
 
 
 def test_read_image_decodes_as_the_server_does(tmp_path: Path) -> None:
-    from labcode.uploads import open_image
+    from labcode.serving.uploads import open_image
 
     values = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")  # 16-bit gray: scaled to 8 bits, not clipped at 255
@@ -223,7 +223,7 @@ def test_a_model_with_another_number_of_classes_is_refused(five_class_files) -> 
 
 def test_test_command_refuses_a_model_with_another_number_of_classes(five_class_files, synth_root: Path,
                                                                      tmp_path: Path, capsys) -> None:
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((20, 30, 3), 99, dtype=np.uint8)).save(photo)

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from labcode.classes import NUM_CLASSES
-from labcode.dataformat import room_of
 from labcode.errors import DatasetError
-from labcode.loaders import get_dataloaders, get_test_dataloader, split_by_room
+from labcode.storage.dataformat import room_of
+from labcode.storage.loaders import get_dataloaders, get_test_dataloader, split_by_room
 from tests.test_dataformat import views
 
 
@@ -69,7 +69,7 @@ def test_test_loader_keeps_native_resolution(synth_root):
 def test_loaders_load_in_the_main_process_where_workers_cannot_start(synth_root, monkeypatch, caplog):
     import multiprocessing
 
-    from labcode import loaders
+    from labcode.storage import loaders
 
     class NoSemaphores:
         def Lock(self):  # what multiprocessing raises in a sandbox without a writable /dev/shm
@@ -104,7 +104,7 @@ class ThreadsSeen(Dataset):
 def test_importing_the_data_modules_leaves_opencv_and_the_transforms_alone():
     """No global setting changes at import; the students' transforms.py (an exercise) is imported only by the
     loaders that use it, so that a broken copy does not stop notebook 1."""
-    code = ("import sys, cv2; cv2.setNumThreads(3); import labcode.data, labcode.synth, labcode.cache; "
+    code = ("import sys, cv2; cv2.setNumThreads(3); import labcode.data, labcode.synth, labcode.storage.cache; "
             "print(cv2.getNumThreads(), 'labcode.transforms' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]  # python -c imports from its working folder first
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,

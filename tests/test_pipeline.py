@@ -12,7 +12,7 @@ from PIL import Image
 from labcode.classes import NUM_CLASSES
 from labcode.data import StanfordDataset
 from labcode.errors import LabError
-from labcode.pipeline import run_pipeline
+from labcode.runtime.pipeline import run_pipeline
 from labcode.train import TrainConfig
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from labcode.checkpoint import load_checkpoint
-from labcode.distributed import StopSignal
+from labcode.runtime.checkpoint import load_checkpoint
+from labcode.runtime.distributed import StopSignal
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 24  # areas 1 2 4 5a 5b 6 of the session's generated data set, 4 images each

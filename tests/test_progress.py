@@ -1,5 +1,5 @@
-"""Progress bars (labcode.progress): text in a terminal; in Jupyter the widget, whose saved output ends as the bar
-ended (100 % when finished) instead of the "0%" it showed when it appeared."""
+"""Progress bars (labcode.runtime.progress): text in a terminal; in Jupyter the widget, whose saved output ends as the
+bar ended (100 % when finished) instead of the "0%" it showed when it appeared."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from tqdm.auto import tqdm
 
-from labcode.progress import progress_bar
+from labcode.runtime.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def executed() -> list[str]:
     import nbclient
 
     sources = [
-        "from labcode.progress import progress_bar\nfrom tqdm.auto import tqdm",
+        "from labcode.runtime.progress import progress_bar\nfrom tqdm.auto import tqdm",
         "for _ in progress_bar(range(96), desc='epoch', unit='batch'):\n    pass",
         "for _ in progress_bar(range(40), desc='hidden', leave=False):\n    pass",
         "bar = progress_bar(total=10, desc='stopped')\nbar.update(3)\nbar.close()",

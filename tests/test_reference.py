@@ -50,7 +50,7 @@ def test_the_recipe_follows_the_protocol():
 
 
 def test_reference_command_trains_scores_and_then_keeps_the_model(synth_root: Path, tmp_path: Path, capsys):
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     out = tmp_path / "ref"
     assert main(["reference", "--datadir", str(synth_root), "--out", str(out), *QUICK]) == 0
@@ -73,7 +73,7 @@ def test_reference_command_trains_scores_and_then_keeps_the_model(synth_root: Pa
     assert f"macro F1 {scores['5a+5b']['macro_f1']:.3f}" in printed and "areas 5a + 5b" in printed
 
     # The kept model is the epoch with the best validation macro F1.
-    from labcode.checkpoint import load_checkpoint
+    from labcode.runtime.checkpoint import load_checkpoint
 
     history = json.loads((out / "history.json").read_text())
     best = load_checkpoint(out / "best.pt")
@@ -89,7 +89,7 @@ def test_reference_command_trains_scores_and_then_keeps_the_model(synth_root: Pa
 
 def test_reference_command_refuses_to_mix_data_sets_or_overwrite_other_folders(synth_root, tmp_path, data_home,
                                                                                capsys):
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     assert main(["reference", "--datadir", str(synth_root), *QUICK]) == 2
     assert "--datadir needs --out" in capsys.readouterr().err
@@ -142,7 +142,7 @@ def test_validating_on_a_test_area_is_reported(synth_root: Path, tmp_path: Path,
 
 
 def test_training_help_states_the_protocol(capsys):
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     for command in ("train", "pipeline", "reference"):
         with pytest.raises(SystemExit):
@@ -204,7 +204,7 @@ def _with_metadata(source: Path, dest: Path, entries: dict[str, str]) -> Path:
 
 
 def test_training_info_finds_the_size_and_areas_of_any_model(reference_model: Path, tmp_path: Path):
-    from labcode.checkpoint import load_checkpoint
+    from labcode.runtime.checkpoint import load_checkpoint
 
     recipe_size = json.loads(reference_model.with_name("reference.json").read_text())["img_size"]
     # The reference model: its reference.json, also under the name the distribution ships it as.

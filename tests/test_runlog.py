@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from labcode.classes import CLASSES, NUM_CLASSES
-from labcode.runlog import RunLog, git_commit, plain, summary_text
+from labcode.runtime.runlog import RunLog, git_commit, plain, summary_text
 
 
 def epoch_result(value: float, *, with_figures: bool = False) -> dict:

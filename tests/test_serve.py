@@ -371,7 +371,7 @@ def test_model_is_loaded_once_for_many_requests(model_path, monkeypatch):
     import anyio
 
     import labcode.infer
-    from labcode.serve import create_app
+    from labcode.serving.serve import create_app
 
     loads = []
 
@@ -401,7 +401,7 @@ def test_model_is_loaded_once_for_many_requests(model_path, monkeypatch):
     (["--model", "{tmp}/notes.onnx", "--workers", "0"], "--workers must be positive"),
 ])
 def test_command_reports_bad_arguments_as_one_line(tmp_path, capsys, argv, words):
-    from labcode.cli import main
+    from labcode.commands.cli import main
 
     (tmp_path / "notes.onnx").write_text("not a model")
     status = main(["serve", *(a.format(tmp=tmp_path) for a in argv)])
@@ -413,7 +413,7 @@ def test_command_reports_bad_arguments_as_one_line(tmp_path, capsys, argv, words
 def test_command_refuses_a_model_with_another_number_of_classes(tmp_path, capsys):
     import torch
 
-    from labcode.cli import main
+    from labcode.commands.cli import main
     from labcode.export import export_onnx
     from labcode.models import build_model
 
@@ -468,7 +468,7 @@ def test_memory_for_the_largest_accepted_image_is_bounded(model_path, tmp_path, 
 
 
 def test_security_headers_on_every_answer_and_a_policy_for_the_page(server):
-    from labcode.webpage import PAGE, PAGE_CSP
+    from labcode.serving.webpage import PAGE, PAGE_CSP
 
     answers = {"page": httpx.get(f"{server}/"), "health": httpx.get(f"{server}/health"),
                "segment": post(server, encode(photo(20, 20), "PNG")), "refused": post(server, b"", "empty.png"),

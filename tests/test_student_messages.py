@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labcode.errors import DatasetError
-from labcode.loaders import default_datadir
+from labcode.storage.loaders import default_datadir
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "solutions" / "segmentation"

@@ -46,7 +46,7 @@ def train_args(datadir: Path, logdir: Path, name: str) -> list[str]:
 def check_end_to_end(synth_root: Path, tmp_path: Path, extra: list[str]) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from labcode.checkpoint import load_model
+    from labcode.runtime.checkpoint import load_model
 
     trained = run_labcode(train_args(synth_root, tmp_path / "runs", "e2e") + extra, tmp_path)
     assert trained.returncode == 0, trained.stderr
@@ -288,8 +288,8 @@ def _tiny_onnx(path: Path) -> Path:
 
 def test_resume_refuses_another_architecture_and_lists_the_differences(synth_root: Path, tmp_path: Path,
                                                                        capsys) -> None:
-    from labcode.checkpoint import load_checkpoint
-    from labcode.cli import main
+    from labcode.commands.cli import main
+    from labcode.runtime.checkpoint import load_checkpoint
     from labcode.train import TrainConfig, fit
 
     logdir = tmp_path / "runs"

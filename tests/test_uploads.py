@@ -1,4 +1,5 @@
-"""Uploads in, answers out (labcode.uploads): decoding with pixel limits, downscaled prediction, strip-wise PNG."""
+"""Uploads in, answers out (labcode.serving.uploads): decoding with pixel limits, downscaled prediction, strip-wise
+PNG."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def model_path(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 def test_decode_scales_16_bit_grayscale_to_8_bit():
-    from labcode.uploads import decode_image
+    from labcode.serving.uploads import decode_image
 
     values = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
     image = decode_image(encode(Image.fromarray(values), "PNG"))
@@ -32,7 +33,7 @@ def test_decode_scales_16_bit_grayscale_to_8_bit():
 
 
 def test_decode_checks_pixels_before_decoding():
-    from labcode.uploads import UploadError, decode_image
+    from labcode.serving.uploads import UploadError, decode_image
 
     data = png_header_only(100, 100)
     with pytest.raises(UploadError) as refused:
@@ -44,7 +45,7 @@ def test_decode_checks_pixels_before_decoding():
 
 
 def test_png_strips_encode_exactly_the_image():
-    from labcode.uploads import encode_png, encode_png_strips
+    from labcode.serving.uploads import encode_png, encode_png_strips
 
     image = np.asarray(photo(301, 97, seed=4))
     for data in (encode_png(image), encode_png_strips([image[:10], image[10:11], image[11:]], 301, 97)):
@@ -63,7 +64,7 @@ def nearest_by_formula(labels: np.ndarray, height: int, width: int) -> np.ndarra
 
 def test_answers_of_a_downscaled_prediction_are_those_of_the_full_size_labels(model_path):
     from labcode.infer import OnnxSegmenter
-    from labcode.uploads import open_image, render_png
+    from labcode.serving.uploads import open_image, render_png
     from labcode.viz import colorize
 
     segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
@@ -82,7 +83,7 @@ def test_answers_of_a_downscaled_prediction_are_those_of_the_full_size_labels(mo
 
 def test_gray_uploads_are_segmented_as_their_rgb_copy(model_path):
     from labcode.infer import OnnxSegmenter
-    from labcode.uploads import open_image
+    from labcode.serving.uploads import open_image
 
     segmenter = OnnxSegmenter(model_path, providers=["CPUExecutionProvider"])
     gray = open_image(encode(photo(300, 200, seed=3).convert("L"), "PNG"))

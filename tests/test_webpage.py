@@ -6,7 +6,7 @@ import base64
 import hashlib
 import re
 
-from labcode.webpage import PAGE, PAGE_CSP
+from labcode.serving.webpage import PAGE, PAGE_CSP
 
 
 def _sources(policy: str) -> dict[str, str]:

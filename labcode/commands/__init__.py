@@ -1,1 +1,1 @@
-"""Thin command-line commands, one per module, each with ``main(argv) -> int`` (see ``labcode.cli``)."""
+"""Thin command-line commands, one per module, each with ``main(argv) -> int`` (see ``labcode.commands.cli``)."""

@@ -30,10 +30,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from labcode.dataformat import Sample
-from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
-from labcode.progress import progress_bar
+from labcode.runtime.progress import progress_bar
+from labcode.storage.dataformat import Sample
+from labcode.storage.datasets import SegmentationDataset, StanfordDataset
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The upload page of :mod:`labcode.serve` and its Content-Security-Policy.
+"""The upload page of :mod:`labcode.serving.serve` and its Content-Security-Policy.
 
 One HTML file with its own inline style and script and no external resource (the course machines may be offline):
 pick a photo, see it beside its colourised segmentation and the class legend.

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from labcode.dataformat import Sample, room_of
-from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
+from labcode.storage.dataformat import Sample, room_of
+from labcode.storage.datasets import SegmentationDataset, StanfordDataset
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _open_areas(source: str | Path, cached: bool, transforms: Callable,
                 areas: Sequence[str] | None) -> SegmentationDataset:
     """The chosen areas of a data set root, or of a prepared cache when ``cached``."""
     if cached:
-        from labcode.cache import CachedDataset  # the prepared cache's machinery, only for a prepared cache
+        from labcode.storage.cache import CachedDataset  # the prepared cache's machinery, only for a prepared cache
 
         return CachedDataset(source, transforms=transforms, areas=areas)
     return StanfordDataset(source, transforms=transforms, areas=areas)
