@@ -4,7 +4,7 @@ decode floor: the time to decode a pair of PNGs alone, for each installed decode
 Every loader path produces the same thing: a 256x256 augmented, normalised image tensor and its int64 mask, from
 1080x1080 PNGs in the 2D-3D-S format. The naive baseline is what a straightforward implementation does: PIL decoding,
 the label index computed with int64 arithmetic, and a per-sample numpy lookup through the JSON list. The raw path is
-``StanfordDataset`` with the fastest installed decoder (:mod:`labcode.images`); it is also run with each slower
+``StanfordDataset`` with the fastest installed decoder (:mod:`labcode.storage.images`); it is also run with each slower
 decoder. The floor (photo decoded to RGB plus label image decoded to packed codes, nothing else) bounds what a raw
 path with that decoder can reach: ``x naive at the floor`` is the ratio if label lookup and augmentation were free.
 Like a DataLoader worker, the benchmark runs PyTorch on one thread (with two, the small tensor operations of every
@@ -33,11 +33,11 @@ import torch
 from PIL import Image
 
 from benchmarks.common import bench_dataset, best_time, interleaved_rounds, machine, paired_ratio, print_table
-from labcode import images, loaders
-from labcode.cache import CachedDataset, prepare_cache, read_index, verify_cache
 from labcode.classes import CLASSES
 from labcode.data import StanfordDataset
-from labcode.dataformat import classes_of_codes
+from labcode.storage import images, loaders
+from labcode.storage.cache import CachedDataset, prepare_cache, read_index, verify_cache
+from labcode.storage.dataformat import classes_of_codes
 from labcode.transforms import PairedTransform, train_transforms
 
 
