@@ -4,6 +4,6 @@
 
 import sys
 
-from labcode.cli import main
+from labcode.commands.cli import main
 
 sys.exit(main())

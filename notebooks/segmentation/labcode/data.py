@@ -4,10 +4,10 @@
 
 They live in the module of their concern:
 
-- :mod:`labcode.dataformat`: the on-disk format (layout, file names, label codes) and reading it: the label table,
-  the decoders, the files of a data set and the room of a view;
-- :mod:`labcode.datasets`: :class:`StanfordDataset` and the base class it shares with the prepared cache;
-- :mod:`labcode.loaders`: the default data set, the room-disjoint validation split and the data loaders.
+- :mod:`labcode.storage.dataformat`: the on-disk format (layout, file names, label codes) and reading it: the label
+  table, the decoders, the files of a data set and the room of a view;
+- :mod:`labcode.storage.datasets`: :class:`StanfordDataset` and the base class it shares with the prepared cache;
+- :mod:`labcode.storage.loaders`: the default data set, the room-disjoint validation split and the data loaders.
 
 A semantic pixel ``(R, G, B)`` is the index ``R * 65536 + G * 256 + B`` into the JSON list of instance names such as
 ``"wall_1_office_12_3"``; the class is the part before the first underscore. The code ``0x0D0D0D`` marks missing
@@ -16,7 +16,7 @@ data and, like any index past the end of the list, decodes to ``<UNK>``.
 
 from __future__ import annotations
 
-from labcode.dataformat import (
+from labcode.storage.dataformat import (
     LABELS_JSON,
     MISSING_CODE,
     RGB_SUFFIX,
@@ -32,8 +32,8 @@ from labcode.dataformat import (
     read_semantic,
     room_of,
 )
-from labcode.datasets import SegmentationDataset, StanfordDataset
-from labcode.loaders import (
+from labcode.storage.datasets import SegmentationDataset, StanfordDataset
+from labcode.storage.loaders import (
     default_datadir,
     default_num_workers,
     get_dataloaders,

@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from labcode.classes import NUM_CLASSES
-from labcode.distributed import all_reduce_sums
 from labcode.errors import LabError
 from labcode.metrics import ConfusionMatrix
-from labcode.progress import progress_bar
+from labcode.runtime.distributed import all_reduce_sums
+from labcode.runtime.progress import progress_bar
 
 AutocastFactory = Callable[[], AbstractContextManager]
 

@@ -9,7 +9,7 @@ onnxruntime and NumPy at prediction time; :class:`TorchSegmenter` runs a trainin
 :func:`labcode.scoring.evaluate_areas`.
 
 This module is the one inference path of the library, used by the notebooks, the ``test`` command and the web
-service (:mod:`labcode.serve`, through :mod:`labcode.uploads`):
+service (:mod:`labcode.serving.serve`, through :mod:`labcode.serving.uploads`):
 
 1. :func:`open_photo` / :func:`read_image` decode a photo (EXIF orientation applied, any mode to 8 bits);
 2. :meth:`Segmenter.segment` downscales it when its longer side exceeds ``max_size`` and predicts;
@@ -462,7 +462,7 @@ class TorchSegmenter(Segmenter):
     """
 
     def __init__(self, path: str | Path, device: str | None = None, *, num_classes: int | None = NUM_CLASSES) -> None:
-        from labcode.checkpoint import load_model
+        from labcode.runtime.checkpoint import load_model
 
         model, state = load_model(Path(path), map_location="cpu")
         self._setup(model, Path(path), device, num_classes, found=int(state["num_classes"]))

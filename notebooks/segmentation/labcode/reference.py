@@ -222,7 +222,7 @@ def _onnx_training_metadata(model: Path) -> dict[str, Any]:
 
 def _checkpoint_config(model: Path) -> dict[str, Any]:
     """The training configuration in the ``best.pt`` beside ``model`` ({} if there is none)."""
-    from labcode.checkpoint import load_checkpoint
+    from labcode.runtime.checkpoint import load_checkpoint
 
     checkpoint = model.with_name("best.pt")
     return dict(load_checkpoint(checkpoint).get("config", {})) if checkpoint.is_file() else {}

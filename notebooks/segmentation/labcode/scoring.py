@@ -48,7 +48,7 @@ def evaluate_areas(
     import torch
 
     from labcode.data import get_test_dataloader
-    from labcode.progress import progress_bar
+    from labcode.runtime.progress import progress_bar
 
     loader = get_test_dataloader(datadir, list(areas), img_size=img_size, batch_size=batch_size,
                                  num_workers=num_workers)

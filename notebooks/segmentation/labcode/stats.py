@@ -15,7 +15,6 @@ import numpy as np
 
 from labcode.classes import NUM_CLASSES
 from labcode.errors import unknown_name
-from labcode.progress import progress_bar
 
 
 def class_histogram(dataset, *, progress: bool = True, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -32,6 +31,8 @@ def class_histogram(dataset, *, progress: bool = True, num_classes: int = NUM_CL
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     load = getattr(dataset, "load_mask", None) or (lambda i: np.asarray(dataset[i][1]))
+    from labcode.runtime.progress import progress_bar  # the bar's machinery, loaded only when counting
+
     for i in progress_bar(range(len(dataset)), desc="class histogram", disable=not progress, unit="img"):
         counts += np.bincount(load(i).ravel(), minlength=num_classes)[:num_classes]
     return counts

@@ -5,11 +5,11 @@
 :class:`TrainConfig` (:mod:`labcode.config`) holds every choice of a run (the CLI builds it from its arguments, a
 notebook builds it directly); :func:`fit` runs it and returns a :class:`FitResult`: the best validation metrics, the
 history and the paths of what it wrote, as typed attributes. :func:`fit` reads top-down: start (process, device, run
-directory) → build (model, data, loss, optimiser, schedule: :func:`labcode.config.build_parts`) → restore (when
+directory) → build (model, data, loss, optimiser, schedule: :func:`labcode.runtime.parts.build_parts`) → restore (when
 resuming) → the loop over epochs (:func:`_epoch`: train, validate, keep the best, save, log) → export. A run writes
 into ``<logdir>/<run_name>/``:
 
-- ``summary.md``, ``events.out.tfevents.*`` and ``history.json``: the run's log (:mod:`labcode.runlog`);
+- ``summary.md``, ``events.out.tfevents.*`` and ``history.json``: the run's log (:mod:`labcode.runtime.runlog`);
 - ``last.pt``: the full training state after each epoch (what ``resume`` reads);
 - ``best.pt`` and ``best.onnx``: the weights with the best validation macro F1, and their ONNX export;
 - ``result.json``: written last, when the run has finished: the :class:`FitResult` and the run's fingerprint.
@@ -23,11 +23,11 @@ A new run that fails (an error, not a preemption) before its first checkpoint re
 run directory always holds a checkpoint to resume or to use.
 
 Preemption: SIGTERM and SIGINT (a cluster preempting the job, or Ctrl-C) stop the run at the next batch
-(:class:`labcode.distributed.StopSignal`); the current weights, optimiser, schedule and generator states are saved
-to ``last.pt`` and :func:`fit` returns with ``interrupted=True``. Resuming restarts the interrupted epoch from its
+(:class:`labcode.runtime.distributed.StopSignal`); the current weights, optimiser, schedule and generator states are
+saved to ``last.pt`` and :func:`fit` returns with ``interrupted=True``. Resuming restarts the interrupted epoch from its
 first batch, starting from the weights saved at the interruption; the schedule keeps counting its steps, so it
 reaches its end that many steps earlier. Multi-GPU training goes through ``torchrun`` (``WORLD_SIZE > 1`` selects
-DistributedDataParallel, see :mod:`labcode.distributed`); only rank 0 logs, saves and exports.
+DistributedDataParallel, see :mod:`labcode.runtime.distributed`); only rank 0 logs, saves and exports.
 """
 
 from __future__ import annotations
@@ -44,8 +44,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from labcode import distributed
-from labcode.checkpoint import (
+from labcode.classes import NUM_CLASSES, TEST_AREAS
+from labcode.config import TrainConfig, check_names
+from labcode.engine import evaluate, train_one_epoch
+from labcode.errors import LabError
+from labcode.metrics import nan_to_none
+from labcode.runtime import distributed
+from labcode.runtime.checkpoint import (
     check_same_architecture,
     find_resume_checkpoint,
     load_checkpoint,
@@ -53,13 +58,17 @@ from labcode.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from labcode.classes import NUM_CLASSES, TEST_AREAS
-from labcode.config import RunParts, TrainConfig, build_parts, check_names
-from labcode.distributed import StopSignal
-from labcode.engine import evaluate, train_one_epoch
-from labcode.errors import LabError
-from labcode.metrics import nan_to_none
-from labcode.runlog import RunLog, cache_identity, dataset_identity, git_commit, plain, run_fingerprint, summary_text
+from labcode.runtime.distributed import StopSignal
+from labcode.runtime.parts import RunParts, build_parts
+from labcode.runtime.runlog import (
+    RunLog,
+    cache_identity,
+    dataset_identity,
+    git_commit,
+    plain,
+    run_fingerprint,
+    summary_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +155,8 @@ RESULT_NAME = "result.json"
 
 def fingerprint(config: TrainConfig) -> str:
     """A short hash of what makes the result of ``config``: its result fields (:meth:`TrainConfig.result_fields`)
-    and the identity of its data (:func:`labcode.runlog.dataset_identity`, whatever ``datadir`` spelling names it,
-    or :func:`labcode.runlog.cache_identity` when it reads a prepared cache).
+    and the identity of its data (:func:`labcode.runtime.runlog.dataset_identity`, whatever ``datadir`` spelling names
+    it, or :func:`labcode.runtime.runlog.cache_identity` when it reads a prepared cache).
 
     Raises:
         DatasetError: the data set or one of its areas is missing.
@@ -267,7 +276,7 @@ def _restore(parts: RunParts, resumed: dict, run: _Run) -> _Progress:
 
 def _state(parts: RunParts, progress: _Progress, config: TrainConfig, *, interrupted: bool,
            full: bool = True) -> dict[str, Any]:
-    """Checkpoint contents (see :mod:`labcode.checkpoint`); ``full=False`` leaves out the optimisation state."""
+    """Checkpoint contents (see :mod:`labcode.runtime.checkpoint`); ``full=False`` leaves out the optimisation state."""
     state = {
         "epoch": progress.epoch, "model": parts.model.state_dict(), "best_score": progress.best_score,
         "best_epoch": progress.best_epoch, "best_metrics": progress.best_metrics, "history": progress.history,
@@ -455,8 +464,8 @@ def _result(run: _Run, parts: RunParts, progress: _Progress,
 
 def _export_best(run: _Run) -> tuple[Path, dict[str, float]]:
     """Export the best checkpoint to ``best.onnx`` and compare onnxruntime with PyTorch at two sizes."""
-    from labcode.checkpoint import load_model
     from labcode.export import check_onnx_parity, export_onnx
+    from labcode.runtime.checkpoint import load_model
 
     img_size, onnx_path = run.config.img_size, run.run_dir / "best.onnx"
     model, _ = load_model(run.best_path)

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labcode.checkpoint import load_model
     from labcode.export import check_onnx_parity, export_onnx
+    from labcode.runtime.checkpoint import load_model
 
     model, state = load_model(args.checkpoint)
     out = args.out or args.checkpoint.with_suffix(".onnx")

@@ -23,7 +23,7 @@ _ARGUMENT = re.compile(r"argument ([^:/\s]+)(?:/\S+)?: (.*)", re.DOTALL)
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` raising :class:`labcode.errors.UsageError` instead of printing the usage and exiting.
 
-    ``labcode.cli`` prints the error as one line and exits with status 2; ``--help`` is unchanged.
+    ``labcode.commands.cli`` prints the error as one line and exits with status 2; ``--help`` is unchanged.
     """
 
     def error(self, message: str):

@@ -86,7 +86,7 @@ def training_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    from labcode.pipeline import run_pipeline
+    from labcode.runtime.pipeline import run_pipeline
 
     if args.retrain and not args.reference:
         raise LabError("--retrain applies to --reference only")

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labcode.cache import CachedDataset, prepare_cache
     from labcode.data import default_datadir
+    from labcode.storage.cache import CachedDataset, prepare_cache
 
     start = time.perf_counter()
     out = prepare_cache(args.datadir or default_datadir(), args.out, size=args.size, areas=args.areas)

@@ -21,7 +21,7 @@ PROVIDERS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from labcode.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_MAX_UPLOAD_BYTES
+    from labcode.serving.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_MAX_UPLOAD_BYTES
 
     parser = ArgumentParser(prog="python -m labcode serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from labcode.serve import create_app
+    from labcode.serving.serve import create_app
 
     app = create_app(args.model, providers=PROVIDERS[args.device], max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_pixels=args.max_pixels, max_side=args.max_side or None, workers=args.workers)

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args, argv)
     checkpoint = None
     if config.resume:  # read once: for its configuration here, for its state in fit
-        from labcode.checkpoint import find_resume_checkpoint, load_checkpoint
+        from labcode.runtime.checkpoint import find_resume_checkpoint, load_checkpoint
 
         path = find_resume_checkpoint(config.resume)
         checkpoint = load_checkpoint(path, map_location="cpu")

@@ -21,9 +21,9 @@ import numpy as np
 
 import labcode
 from labcode.classes import AREAS
-from labcode.dataformat import LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, UNKNOWN_ENTRY
 from labcode.errors import DatasetError, LabError
-from labcode.progress import progress_bar
+from labcode.runtime.progress import progress_bar
+from labcode.storage.dataformat import LABELS_JSON, MISSING_CODE, RGB_SUFFIX, SEMANTIC_SUFFIX, UNKNOWN_ENTRY
 from labcode.synth.layout import plan_area
 from labcode.synth.params import DEFAULT_SYNTH, SYNTH_VERSION, SynthParams
 from labcode.synth.render import _misregister, render_frame

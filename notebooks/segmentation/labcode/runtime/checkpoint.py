@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/checkpoint.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/runtime/checkpoint.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Training checkpoints: atomic writes, safe loading, random-generator states, model rebuilding, and the checks of a
 resume (:func:`find_resume_checkpoint`, :func:`check_same_architecture`).

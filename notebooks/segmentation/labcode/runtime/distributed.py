@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/distributed.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/runtime/distributed.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Preemption and multi-process training: the stop signal, ``torchrun``'s environment, sums over processes.
 

@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/runlog.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/runtime/runlog.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """What a training run writes beside its checkpoints: its summary, its TensorBoard events and its history.
 

@@ -1,8 +1,8 @@
-# Your copy of the course library: labcode/uploads.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/serving/uploads.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Uploaded images in, segmentation answers out, in memory bounded by the image's size and not by copies of it.
 
-The web service (:mod:`labcode.serve`) goes through the library's one inference path (:mod:`labcode.infer`):
+The web service (:mod:`labcode.serving.serve`) goes through the library's one inference path (:mod:`labcode.infer`):
 :func:`open_image` decodes an upload with :func:`labcode.infer.open_photo` (an upright Pillow image, ``RGB`` or ``L``
 for gray photos, one byte per pixel), refusing too many pixels from the header alone and answering with an HTTP
 status; :meth:`labcode.infer.Segmenter.segment` predicts on a copy whose longer side is at most ``max_side`` and

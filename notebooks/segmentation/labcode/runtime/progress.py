@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/progress.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/runtime/progress.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Progress bars: tqdm's widget in Jupyter, text in a terminal, and notebook outputs that end as the bars ended.
 

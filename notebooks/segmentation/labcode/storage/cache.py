@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/cache.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/storage/cache.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Prepared sample cache: decode every PNG once, resize, and keep compact ``uint8`` arrays on disk.
 
@@ -32,10 +32,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from labcode.dataformat import Sample
-from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
-from labcode.progress import progress_bar
+from labcode.runtime.progress import progress_bar
+from labcode.storage.dataformat import Sample
+from labcode.storage.datasets import SegmentationDataset, StanfordDataset
 
 logger = logging.getLogger(__name__)
 

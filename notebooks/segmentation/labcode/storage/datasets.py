@@ -1,7 +1,7 @@
-# Your copy of the course library: labcode/datasets.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/storage/datasets.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """The torch data sets yielding ``(image, mask)``: the base class shared with the prepared cache
-(:class:`labcode.cache.CachedDataset`) and :class:`StanfordDataset` over the files of a 2D-3D-S root."""
+(:class:`labcode.storage.cache.CachedDataset`) and :class:`StanfordDataset` over the files of a 2D-3D-S root."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from labcode.classes import CLASSES, NUM_CLASSES, UNKNOWN_LABEL
-from labcode.dataformat import LABELS_JSON, list_samples, load_label_lut, read_rgb, read_semantic
 from labcode.errors import DatasetError
+from labcode.storage.dataformat import LABELS_JSON, list_samples, load_label_lut, read_rgb, read_semantic
 
 
 class SegmentationDataset(Dataset):

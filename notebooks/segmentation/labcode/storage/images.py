@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/images.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/storage/images.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Image file decoding for the data set reader: :func:`read_rgb` and :func:`read_codes` pick the fastest PNG decoder
 installed, by themselves, and give exactly OpenCV's pixels whichever it is. Callers never choose a decoder;

@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/pipeline.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/runtime/pipeline.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """The whole lab in one call: a model (trained now, or the course's reference model), its ONNX export, its test on
 the held-out areas and one segmented image, all under one folder.

@@ -1,8 +1,8 @@
-# Your copy of the course library: labcode/dataformat.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/storage/dataformat.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """The on-disk format of Stanford 2D-3D-S and reading it (no torch here): the names and codes the generator
-(:mod:`labcode.synth`) writes and the data sets (:mod:`labcode.datasets`) read, the label table, the decoders (the
-decoding itself is in :mod:`labcode.images`), the files of a data set and the room of a view::
+(:mod:`labcode.synth`) writes and the data sets (:mod:`labcode.storage.datasets`) read, the label table, the
+decoders (the decoding itself is in :mod:`labcode.storage.images`), the files of a data set and the room of a view::
 
     ROOT/assets/semantic_labels.json   one global list of instance names; entry 0 is "<UNK>_0_<UNK>_0_0"
     ROOT/area_<A>/data/rgb/camera_<32 hex>_<roomType>_<roomNum>_frame_<k>_domain_rgb.png
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from labcode import images
 from labcode.classes import CLASSES, UNKNOWN_LABEL
 from labcode.errors import DatasetError
+from labcode.storage import images
 
 #: Semantic pixel code of "no data" (0x0D0D0D); like any index past the end of the label list, it means ``<UNK>``.
 MISSING_CODE: int = 0x0D0D0D
@@ -89,7 +89,7 @@ def load_label_lut(json_path: str | Path) -> np.ndarray:
 def decode_semantic(semantic_bgr: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Turn a semantic PNG as loaded by OpenCV (BGR order) into class indices.
 
-    The three bytes are packed into one ``uint32`` code (:func:`labcode.images.pack_codes`), then looked up with
+    The three bytes are packed into one ``uint32`` code (:func:`labcode.storage.images.pack_codes`), then looked up with
     :func:`classes_of_codes`: no per-pixel Python and a single 4-byte temporary.
 
     Args:
@@ -111,7 +111,7 @@ def classes_of_codes(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read a colour image as ``uint8`` RGB (H, W, 3); grayscale, RGBA and 16-bit inputs are converted.
 
-    Decoding is :func:`labcode.images.read_rgb` (the fastest installed PNG decoder, chosen there).
+    Decoding is :func:`labcode.storage.images.read_rgb` (the fastest installed PNG decoder, chosen there).
     """
     return images.read_rgb(path)
 
@@ -119,7 +119,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def read_semantic(path: str | Path, lut: np.ndarray) -> np.ndarray:
     """Read a semantic PNG and decode it to ``uint8`` class indices (H, W).
 
-    The file is decoded straight to packed codes (:func:`labcode.images.read_codes`), then looked up in ``lut``.
+    The file is decoded straight to packed codes (:func:`labcode.storage.images.read_codes`), then looked up in ``lut``.
     """
     return classes_of_codes(images.read_codes(path), lut)
 

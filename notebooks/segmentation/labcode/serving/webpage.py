@@ -1,6 +1,6 @@
-# Your copy of the course library: labcode/webpage.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/serving/webpage.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
-"""The upload page of :mod:`labcode.serve` and its Content-Security-Policy.
+"""The upload page of :mod:`labcode.serving.serve` and its Content-Security-Policy.
 
 One HTML file with its own inline style and script and no external resource (the course machines may be offline):
 pick a photo, see it beside its colourised segmentation and the class legend.

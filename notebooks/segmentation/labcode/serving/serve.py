@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/serve.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/serving/serve.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """A web API and a small page in front of an exported ONNX model (FastAPI, run by uvicorn).
 
@@ -20,9 +20,9 @@ thread-safe) serves every request. Oversized uploads (bytes or pixels) get 413 a
 Memory is bounded per upload, and only ``workers`` uploads are read into memory at a time (the others wait in
 Starlette's spooled files): the decoded image (4 bytes per pixel, ``max_pixels`` at most), the network run on a
 copy whose longer side is at most ``max_side``, labels kept ``uint8`` at that resolution, and an answer drawn,
-blended and PNG-compressed strip by strip (see :mod:`labcode.uploads`). Every answer carries ``nosniff``, ``DENY``
-framing and ``no-referrer`` headers, and the page (:mod:`labcode.webpage`) a Content-Security-Policy allowing only its
-own inline script and style.
+blended and PNG-compressed strip by strip (see :mod:`labcode.serving.uploads`). Every answer carries ``nosniff``,
+``DENY`` framing and ``no-referrer`` headers, and the page (:mod:`labcode.serving.webpage`) a Content-Security-Policy
+allowing only its own inline script and style.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from labcode import infer
-from labcode.uploads import DEFAULT_MAX_PIXELS, UploadError, legend, open_image, render_png
-from labcode.webpage import PAGE, PAGE_CSP
+from labcode.serving.uploads import DEFAULT_MAX_PIXELS, UploadError, legend, open_image, render_png
+from labcode.serving.webpage import PAGE, PAGE_CSP
 
 if TYPE_CHECKING:
     from labcode.infer import Segmenter

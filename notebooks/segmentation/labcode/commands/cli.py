@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/cli.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/commands/cli.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """``python -m labcode <command> ...``: one thin command per module of ``labcode.commands``.
 

@@ -1,4 +1,4 @@
-# Your copy of the course library: labcode/loaders.py, used by the lab's notebooks.
+# Your copy of the course library: labcode/storage/loaders.py, used by the lab's notebooks.
 # No exercise in this file: read it as you like, and leave it as it is (the notebooks use it).
 """Where the data come from and how they are batched: the default data set, the room-disjoint validation split,
 the training, validation and test loaders and their worker processes."""
@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from labcode.dataformat import Sample, room_of
-from labcode.datasets import SegmentationDataset, StanfordDataset
 from labcode.errors import DatasetError
+from labcode.storage.dataformat import Sample, room_of
+from labcode.storage.datasets import SegmentationDataset, StanfordDataset
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _open_areas(source: str | Path, cached: bool, transforms: Callable,
                 areas: Sequence[str] | None) -> SegmentationDataset:
     """The chosen areas of a data set root, or of a prepared cache when ``cached``."""
     if cached:
-        from labcode.cache import CachedDataset  # the prepared cache's machinery, only for a prepared cache
+        from labcode.storage.cache import CachedDataset  # the prepared cache's machinery, only for a prepared cache
 
         return CachedDataset(source, transforms=transforms, areas=areas)
     return StanfordDataset(source, transforms=transforms, areas=areas)
