@@ -975,7 +975,7 @@ def missing_from(dist: Path, pages: dict[str, str]) -> list[str]:
     in ``dist`` lacks. Commands of the library run in ``segmentation/`` (where the copy of ``labcode`` is), make in
     the distribution's root; a path is looked up from both."""
     targets = set(re.findall(r"^([A-Za-z][\w.-]*):(?!=)", (dist / "Makefile").read_text(), re.M))
-    cli = (dist / "segmentation" / "labcode" / "cli.py").read_text()
+    cli = (dist / "segmentation" / "labcode" / "commands" / "cli.py").read_text()
     commands = set(re.findall(r'^\s+"([\w-]+)": \("labcode\.commands\.', cli, re.M))
     work = dist / "segmentation"
 

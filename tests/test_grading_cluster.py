@@ -147,7 +147,9 @@ def test_a_fork_bomb_and_a_memory_bomb_are_contained(hostile):
     course, _, _, _, _ = hostile
     said = output_text(cell_outputs(course, "forker", "01_data_exploration", "answer_describe_sample"))
     peak = int(said.split("peak processes")[1].split()[0])
-    assert 100 < peak <= Limits().processes, said  # the bomb ran, and hit the sandbox's process limit
+    # The bomb ran, and hit the sandbox's process limit. Listing /proc while processes die and are born can see
+    # both the old and the new ones, so the count may pass the limit a little: a tenth is allowed for that.
+    assert 100 < peak <= 1.1 * Limits().processes, said
     said = output_text(cell_outputs(course, "hog", "01_data_exploration", "answer_describe_sample"))
     assert "MemoryError" in said, said
     # Nothing of theirs survives grading: no process of the sandbox users is left (after a moment to be reaped).

@@ -116,7 +116,8 @@ def shown(name: str | bytes, limit: int = 200) -> str:
 def exercise_files(release_library: Path) -> set[str]:
     """The library files (paths relative to the library) where students write code: those with an exercise stub."""
     return {p.relative_to(release_library).as_posix() for p in release_library.rglob("*.py")
-            if EXERCISE_MARK in p.read_text(encoding="utf-8")}
+            if any(line.lstrip().startswith(EXERCISE_MARK + '"')
+                   for line in p.read_text(encoding="utf-8").splitlines())}
 
 
 def release_library_files(release_library: Path) -> list[str]:

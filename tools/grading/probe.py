@@ -464,7 +464,7 @@ def probe_training_config(ns: dict) -> dict:
 
 
 def probe_short_training_run(ns: dict) -> dict:
-    from labcode.checkpoint import load_model
+    from labcode.runtime.checkpoint import load_model
 
     if "result" not in ns or "config" not in ns:
         return {"error": "NameError: the training run's result or config is not defined"}
