@@ -259,3 +259,15 @@ def built_site(request, tmp_path_factory) -> Path:
                     os.environ[ENV_MODEL] = saved
             (root / "BUILT").write_text(str(html))
     return html
+
+
+#: The longest test files (grading runs, the site, the student's path), started first: with one file per test process
+#: (``--dist loadfile``), a long file started last would leave the other process idle at the end.
+LONG_FILES = ("test_grading.py", "test_grading_cluster.py", "test_book.py", "test_grading_attacks.py",
+              "test_student_path.py", "test_grading_outputs.py", "test_solutions.py", "test_train_cli.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Run the longest files first (the order is the same in every test process, as pytest-xdist requires)."""
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

@@ -7,6 +7,7 @@ students fill it in: with the instructor's answers, with answers of their own, o
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -43,13 +44,23 @@ def require_sandbox() -> None:
     require(problem is None, f"the sandbox cannot start: {problem}")
 
 
+@functools.cache
+def _course_template() -> Path:
+    """The sources, the release and its gradebook (which names no path), built once per test process."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="course-template-")) / "course"
+    shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
+    release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
+    return root
+
+
 def make_course(root: Path, extra_config: str = "") -> Path:
     """A course folder with the sources, the generated release, its gradebook and an exchange folder.
 
     ``extra_config`` lines are appended to its ``nbgrader_config.py`` (after the repository's settings).
     """
-    shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
-    release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
+    shutil.copytree(_course_template(), root, dirs_exist_ok=True)  # sources, release, gradebook: built once
     (root / "exchange").mkdir()
     (root / "nbgrader_config.py").write_text(
         "c = get_config()\n"
