@@ -216,3 +216,32 @@ def test_a_regrade_keeps_the_rest_of_the_class_in_the_model_medians(course, monk
     fresh = [{"student": "carol", "status": "graded", "notebooks": {}, "model": {"status": "refused"}}]
     earlier = {r["student"]: r["model_points"] for r in cli.earlier_results(Course(course), fresh, settings)}
     assert earlier == {"alice": {"points": 5.0, "max": 5.0}, "bob": {"points": 0.0, "max": 5.0}}
+
+
+def test_the_sandboxes_get_the_reference_model_as_students_do_without_instructor_paths(tmp_path, capsys):
+    # The instructor's reference run describes itself with paths of their machine; the sandboxes get the copy the
+    # distribution ships (tools/distribution.shipped_info), staged in the grading folder.
+    from labcode.reference import INFO_KEYS, SHIPPED_NAME
+
+    run = tmp_path / "instructor" / "reference-synth-4"
+    run.mkdir(parents=True)
+    (run / "best.onnx").write_bytes(b"onnx bytes")
+    info = {key: 1 for key in INFO_KEYS} | {"img_size": 96, "areas_train": ["1", "3"],
+                                            "datadir": str(tmp_path / "instructor" / "synth-4"),
+                                            "recipe": {"lr": 0.003, "datadir": "/home/teacher/data"}}
+    (run / "reference.json").write_text(json.dumps(info))
+    staged = cli.stage_reference(run / "best.onnx", tmp_path / "grading")
+    assert staged == tmp_path / "grading" / ".reference" / SHIPPED_NAME
+    assert staged.read_bytes() == b"onnx bytes"
+    shipped = (staged.parent / "reference.json").read_text()
+    assert json.loads(shipped)["img_size"] == 96 and json.loads(shipped)["recipe"] == {"lr": 0.003}
+    assert str(tmp_path) not in shipped and "/home/teacher" not in shipped
+    assert sorted(p.name for p in staged.parent.iterdir()) == sorted([SHIPPED_NAME, "reference.json"])
+    # Staged again (a second grading run): replaced, nothing left over.
+    (run / "best.onnx").write_bytes(b"newer model")
+    assert cli.stage_reference(run / "best.onnx", tmp_path / "grading").read_bytes() == b"newer model"
+    assert sorted(p.name for p in (tmp_path / "grading").iterdir()) == [".reference"]
+    # A model without its description is refused, naming the file and the command that makes it.
+    (run / "reference.json").unlink()
+    with pytest.raises(cli.GradingError, match=r"--reference: .*best\.onnx.*reference\.json.*labcode reference"):
+        cli.stage_reference(run / "best.onnx", tmp_path / "grading")

@@ -23,6 +23,7 @@ final table names, for each submission with a problem, its log files and the com
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -92,6 +93,32 @@ def default_reference() -> Path | None:
     return find_reference_model()
 
 
+def stage_reference(model: Path, scratch: Path) -> Path:
+    """The reference model as the distribution ships it, staged in ``<scratch>/.reference/`` for the sandboxes.
+
+    The ``reference.json`` written beside the copy is the distribution's (:func:`tools.distribution.shipped_info`):
+    the run's description without the instructor's paths, which the original beside ``model`` holds.
+
+    Raises:
+        GradingError: the model or its ``reference.json`` is missing or incomplete (the message names the file).
+    """
+    from tools.distribution import REFERENCE_NAME, DistributionError, shipped_info
+
+    try:
+        info = shipped_info(model)
+    except DistributionError as err:
+        raise GradingError(f"--reference: {err}") from err
+    staged = scratch / ".reference"  # (a dot: no student id)
+    partial = scratch / ".reference.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    shutil.copyfile(model, partial / REFERENCE_NAME)
+    (partial / "reference.json").write_text(json.dumps(info, indent=1) + "\n")
+    shutil.rmtree(staged, ignore_errors=True)
+    partial.rename(staged)
+    return staged / REFERENCE_NAME
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------------------------------
@@ -121,8 +148,9 @@ def settings_from(args: argparse.Namespace, course: Course, isolated: bool) -> S
     elif not args.no_models:
         print("note: no hidden test set (python -m tools.grading hidden-set): the submitted models are not scored",
               file=sys.stderr)
+    reference = args.reference or default_reference()
     return Settings(python=args.python, datadir=args.datadir or default_datadir(), scratch=scratch,
-                    reference=args.reference or default_reference(),
+                    reference=None if reference is None else stage_reference(reference, scratch),
                     workers=args.workers, cell_timeout=args.cell_timeout, submission_timeout=args.submission_timeout,
                     limits=sandbox.Limits(memory_bytes=memory), notebooks=args.notebooks, isolated=isolated,
                     hidden=packed, model=model)

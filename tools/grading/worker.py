@@ -203,8 +203,9 @@ def grade(job: Job) -> dict:
         copy_database(course.db_path, db)
         log = scratch / "nbgrader.log"
         log.write_text("")
-        problems = {}
+        problems, seconds = {}, {}
         for stem in stems:
+            begun = time.time()
             path = submitted / f"{stem}.ipynb"
             problem, notes = prepare_notebook(path) if path.is_file() else ("missing from the submission", [])
             result["notes"] += notes
@@ -214,13 +215,14 @@ def grade(job: Job) -> dict:
                 problem = grade_notebook(work, job, stem, db, log)
             if problem:
                 problems[stem] = problem
+            seconds[stem] = round(time.time() - begun, 1)
         for stem in problems:
             zero_notebook(db, work.course_id, course.assignment, job.student, stem)
         graded = scores(db, work.course_id, course.assignment, job.student)
         for stem, problem in problems.items():
             graded[stem].update(status="missing" if problem.startswith("missing") else "error", reason=problem)
             result["problems"].append(f"{stem}: {problem}")
-        result["notebooks"] = {stem: graded[stem] for stem in stems if stem in graded}
+        result["notebooks"] = {stem: {**graded[stem], "seconds": seconds[stem]} for stem in stems if stem in graded}
         if job.hidden:
             result["model"] = grade_model(job, submitted)
         result["status"] = "graded"
