@@ -21,15 +21,16 @@ reference: setup
 	$(VENV)/python -m labcode reference
 
 ## The test suite (sets up both environments and, as root, Debian's chromium, bubblewrap and slurm first), after the
-## linter (ruff, configured in pyproject.toml); two test processes, each test file in one of them (pytest-xdist).
+## linter (ruff, configured in pyproject.toml); two test processes, each test file in one of them (pytest-xdist), the
+## longest files first (tests/conftest.py).
 test:
 	bash scripts/setup.sh --grading --system
 	$(VENV)/ruff check .
-	$(VENV)/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(VENV)/ruff check .
-	$(VENV)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not browser"
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not browser"
 
 ## Regenerate the student release (notebooks/ and the stripped library) from solutions/ and labcode/, then the
 ## students' distribution (dist/student/), which always ships the reference model: trained first when it is missing.

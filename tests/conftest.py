@@ -261,13 +261,45 @@ def built_site(request, tmp_path_factory) -> Path:
     return html
 
 
-#: The longest test files (grading runs, the site, the student's path), started first: with one file per test process
-#: (``--dist loadfile``), a long file started last would leave the other process idle at the end.
-LONG_FILES = ("test_grading.py", "test_grading_cluster.py", "test_book.py", "test_grading_attacks.py",
-              "test_student_path.py", "test_grading_outputs.py", "test_solutions.py", "test_train_cli.py")
+#: The longest test files, longest first (measured with LABCODE_CPU_REPORT, below): with one file per test process
+#: (``--dist loadfile``, in this order with ``--no-loadscope-reorder``), a long file started last would leave the
+#: other process idle at the end.
+LONG_FILES = ("test_grading.py", "test_grading_cluster.py", "test_book.py", "test_train_cli.py", "test_solutions.py",
+              "test_grading_outputs.py", "test_grading_attacks.py", "test_student_path.py", "test_reference.py",
+              "test_grading_models.py", "test_export.py", "test_serve.py", "test_judge.py", "test_layout.py",
+              "test_check_release.py")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Run the longest files first (the order is the same in every test process, as pytest-xdist requires)."""
     rank = {name: index for index, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CPU seconds per test file (LABCODE_CPU_REPORT=<file>): what the suite's time goes to, subprocesses included
+# --------------------------------------------------------------------------------------------------------------------
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process, and of its finished subprocesses (those their parents waited for)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import time
+
+    report = os.environ.get("LABCODE_CPU_REPORT")
+    before, started = _cpu_seconds(), time.perf_counter()
+    yield
+    if report:  # one line per test; module fixtures count in the test that first needs them
+        after = _cpu_seconds()
+        with open(report, "a") as handle:
+            handle.write(json.dumps({"file": item.path.name, "test": item.name,
+                                     "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                                     "wall": round(time.perf_counter() - started, 2),
+                                     "self": round(after[0] - before[0], 2),
+                                     "children": round(after[1] - before[1], 2)}) + "\n")

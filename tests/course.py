@@ -47,9 +47,11 @@ def require_sandbox() -> None:
 @functools.cache
 def _course_template() -> Path:
     """The sources, the release and its gradebook (which names no path), built once per test process."""
+    import atexit
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="course-template-")) / "course"
+    atexit.register(shutil.rmtree, root.parent, True)  # removed when the test process ends
     shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
     release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
     return root
@@ -262,6 +264,14 @@ def new_submission(course: Path, student: str, *, notebooks: str = "solved", lib
     elif library == "deleted":
         shutil.rmtree(folder / "labcode")
     return folder
+
+
+def keep_notebooks(folder: Path, stems: set[str]) -> None:
+    """Remove from a submission the notebooks not in ``stems``: the grader records them as missing, without running a
+    kernel, so a submission made for one test costs only the notebooks that test reads."""
+    for path in folder.glob("*.ipynb"):
+        if path.stem not in stems:
+            path.unlink()
 
 
 # --------------------------------------------------------------------------------------------------------------------

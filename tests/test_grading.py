@@ -32,6 +32,7 @@ from tests.course import (
     auto_grades,
     cell_outputs,
     grader,
+    keep_notebooks,
     make_course,
     new_submission,
     output_text,
@@ -131,10 +132,12 @@ exec(compile(source.read_text(), str(source), "exec"))
 def shortcuts(tmp_path_factory, grading_env):
     course = make_course(tmp_path_factory.mktemp("course"))
     bug = new_submission(course, "bug")
+    keep_notebooks(bug, {"03_unet"})
     unet = bug / "labcode" / "unet.py"
     assert "features = self.block2(self.block1(x))" in unet.read_text()
     unet.write_text(unet.read_text().replace("features = self.block2(self.block1(x))", "features = self.block1(x)"))
     loop = new_submission(course, "loop")
+    keep_notebooks(loop, {"04_metrics_losses"})
     answer(loop, "04_metrics_losses", {"answer_wall_accuracy": "while True:\n    pass"})
     new_submission(course, "nolib", library="deleted")
     redirect = new_submission(course, "redirect", library="blank")
@@ -153,14 +156,14 @@ GRADED = {"02_data_pipeline", "03_unet", "04_metrics_losses"}  # the notebooks t
 
 def test_a_planted_bug_loses_exactly_its_test(shortcuts):
     course, _, _ = shortcuts
-    got = auto_grades(course, "bug", GRADED)
+    got = auto_grades(course, "bug", {"03_unet"})  # (handed in alone)
     assert got.pop("test_unet_conv_block_forward")["score"] == 0
     assert got and all(g["score"] == g["max"] for g in got.values()), got
 
 
 def test_an_infinite_loop_is_cut_at_the_cell_timeout_and_the_rest_is_graded(shortcuts):
     course, _, results = shortcuts
-    got = auto_grades(course, "loop", GRADED)
+    got = auto_grades(course, "loop", {"04_metrics_losses"})  # (handed in alone)
     assert got.pop("test_wall_accuracy")["score"] == 0
     assert got and all(g["score"] == g["max"] for g in got.values()), got
     errors = output_text(cell_outputs(course, "loop", "04_metrics_losses", "answer_wall_accuracy"))

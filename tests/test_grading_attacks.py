@@ -28,6 +28,7 @@ from tests.course import (
     auto_grades,
     cell_outputs,
     grader,
+    keep_notebooks,
     make_course,
     new_submission,
     output_text,
@@ -177,14 +178,17 @@ def attacked(tmp_path_factory, synth_root, reference_model):
     (shadows / "ipykernel_launcher.py").write_text(SHADOW_LAUNCHER)
     (shadows / "labcode_probe.py").write_text(SHADOW_PROBE)
     reader = new_submission(course, "reader")
+    keep_notebooks(reader, {"01_data_exploration"})  # each test's submission holds only the notebooks it reads
     answer(reader, "01_data_exploration", {"answer_describe_sample": READER + "\n\nimage, mask = dataset[0]"})
     dup = new_submission(course, "dup")
+    keep_notebooks(dup, {"04_metrics_losses"})
     nb = nbformat.read(dup / "04_metrics_losses.ipynb", as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id")
                  == "answer_wall_accuracy")
     nb.cells.insert(index + 1, nbformat.from_dict(json.loads(json.dumps(nb.cells[index]))))  # Jupyter's copy-paste
     nbformat.write(nb, dup / "04_metrics_losses.ipynb")
     broken = new_submission(course, "broken")
+    keep_notebooks(broken, {"01_data_exploration", "03_unet"})
     (broken / "03_unet.ipynb").write_text('{"cells": [ truncated by a crash')
     done = grader("autograde", "--course", str(course), "--workers", "2", "--no-progress", "--notebooks",
                   "0[134]_*", "--cell-timeout", "120")
@@ -199,9 +203,9 @@ def attacked(tmp_path_factory, synth_root, reference_model):
 
 def test_honest_students_graded_in_the_same_run_keep_full_marks(attacked):
     course, done, results = attacked
-    for student in ("honest", "reader"):
+    for student, notebooks in (("honest", NOTEBOOKS), ("reader", {"01_data_exploration"})):
         assert results[student]["status"] == "graded", results[student]
-        got = auto_grades(course, student, NOTEBOOKS)
+        got = auto_grades(course, student, notebooks)
         assert got and all(g["score"] == g["max"] for g in got.values()), (student, got)
 
 
@@ -234,7 +238,8 @@ def test_reading_the_calling_code_finds_no_hidden_test(attacked):
                      for part in said.split("LOOT ")[1:])
     assert "describe_sample(" in loot  # it did find the code that called it
     judge_lines = secret_lines(REPO)["tools/grading/judge.py"]
-    assert judge_lines and not [line for line in judge_lines if line in " ".join(loot.split())]
+    squashed = " ".join(loot.split())
+    assert judge_lines and not [line for line in judge_lines if line in squashed]
     # and nothing of the judge is in any graded notebook either (the students' own library files may of course hold
     # the lines they wrote, some of which a reference forward of the judge shares)
     leaks = find_leaks(course / "autograded", {"tools/grading/judge.py": judge_lines})
@@ -244,8 +249,8 @@ def test_reading_the_calling_code_finds_no_hidden_test(attacked):
 def test_a_duplicated_answer_cell_costs_nothing(attacked):
     course, _, results = attacked
     assert results["dup"]["status"] == "graded", results["dup"]
-    got = auto_grades(course, "dup", NOTEBOOKS)
-    assert all(g["score"] == g["max"] for g in got.values()), got
+    got = auto_grades(course, "dup", {"04_metrics_losses"})
+    assert got and all(g["score"] == g["max"] for g in got.values()), got
 
 
 def test_an_unreadable_notebook_costs_only_itself_and_says_what_to_fix(attacked):
@@ -253,7 +258,7 @@ def test_an_unreadable_notebook_costs_only_itself_and_says_what_to_fix(attacked)
     result = results["broken"]
     assert result["status"] == "graded" and result["notebooks"]["03_unet"]["status"] != "graded"
     assert any(p.startswith("03_unet: unreadable notebook") for p in result["problems"]), result["problems"]
-    got = auto_grades(course, "broken", NOTEBOOKS)
+    got = auto_grades(course, "broken", {"01_data_exploration", "03_unet"})
     assert all(g["score"] == 0 for g in got.values() if g["notebook"] == "03_unet")
     others = {k: g for k, g in got.items() if g["notebook"] != "03_unet"}
     assert others and all(g["score"] == g["max"] for g in others.values()), others

@@ -147,9 +147,10 @@ def test_a_fork_bomb_and_a_memory_bomb_are_contained(hostile):
     course, _, _, _, _ = hostile
     said = output_text(cell_outputs(course, "forker", "01_data_exploration", "answer_describe_sample"))
     peak = int(said.split("peak processes")[1].split()[0])
-    # The bomb ran, and hit the sandbox's process limit. Listing /proc while processes die and are born can see
-    # both the old and the new ones, so the count may pass the limit a little: a tenth is allowed for that.
-    assert 100 < peak <= 1.1 * Limits().processes, said
+    # The bomb ran, and hit the sandbox's process limit. Listing /proc is not atomic: while the bomb's processes die
+    # and are born, one listing can see the old and the new ones (581 entries were seen under a limit of 512), so
+    # half the limit more is allowed for that. A bomb without the limit reaches thousands in those 8 seconds.
+    assert 100 < peak <= 1.5 * Limits().processes, said
     said = output_text(cell_outputs(course, "hog", "01_data_exploration", "answer_describe_sample"))
     assert "MemoryError" in said, said
     # Nothing of theirs survives grading: no process of the bomb is left (after a moment to be reaped). The bomb's
