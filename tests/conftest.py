@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import labcode  # noqa: F401  (environment variables before albumentations / onnxruntime)
+import tools  # noqa: F401  (before nbformat: its schema checks skip a slow import, see tools/__init__.py)
 
 #: JSON entries of the hand-written data set: index -> class
 TINY_ENTRIES = [
