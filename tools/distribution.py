@@ -126,6 +126,15 @@ def shipped_info(reference: Path) -> dict:
             "recipe": recipe}
 
 
+def write_reference(folder: Path, reference: Path, info: dict) -> Path:
+    """Write the reference model and the ``reference.json`` that ships with it (``info``, from :func:`shipped_info`)
+    into ``folder``, which is created; return the model's path there."""
+    folder.mkdir(parents=True)
+    shutil.copyfile(reference, folder / REFERENCE_NAME)
+    (folder / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+    return folder / REFERENCE_NAME
+
+
 #: Where pip finds PyTorch's CPU builds (``torch==<version>+cpu`` for Linux and Windows; macOS has only those).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -229,9 +238,7 @@ def build_distribution(release: Path, dest: Path = DIST, *, reference: Path,
         shutil.copyfile(TEMPLATES / "Makefile", staging / "Makefile")
         shutil.copyfile(TEMPLATES / "labcode.py", staging / "labcode.py")
         shutil.copyfile(TEMPLATES / "gitignore", staging / ".gitignore")
-        (staging / "reference").mkdir()
-        shutil.copyfile(reference, staging / "reference" / REFERENCE_NAME)
-        (staging / "reference" / INFO_NAME).write_text(json.dumps(info, indent=1) + "\n")
+        write_reference(staging / "reference", Path(reference), info)
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)

@@ -23,7 +23,6 @@ final table names, for each submission with a problem, its log files and the com
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -102,7 +101,7 @@ def stage_reference(model: Path, scratch: Path) -> Path:
     Raises:
         GradingError: the model or its ``reference.json`` is missing or incomplete (the message names the file).
     """
-    from tools.distribution import REFERENCE_NAME, DistributionError, shipped_info
+    from tools.distribution import DistributionError, shipped_info, write_reference
 
     try:
         info = shipped_info(model)
@@ -111,12 +110,10 @@ def stage_reference(model: Path, scratch: Path) -> Path:
     staged = scratch / ".reference"  # (a dot: no student id)
     partial = scratch / ".reference.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    shutil.copyfile(model, partial / REFERENCE_NAME)
-    (partial / "reference.json").write_text(json.dumps(info, indent=1) + "\n")
+    name = write_reference(partial, model, info).name
     shutil.rmtree(staged, ignore_errors=True)
     partial.rename(staged)
-    return staged / REFERENCE_NAME
+    return staged / name
 
 
 # --------------------------------------------------------------------------------------------------------------------
