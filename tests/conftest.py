@@ -294,13 +294,15 @@ def pytest_runtest_protocol(item, nextitem):
     import time
 
     report = os.environ.get("LABCODE_CPU_REPORT")
+    if not report:
+        yield
+        return
     before, started = _cpu_seconds(), time.perf_counter()
     yield
-    if report:  # one line per test; module fixtures count in the test that first needs them
-        after = _cpu_seconds()
-        with open(report, "a") as handle:
-            handle.write(json.dumps({"file": item.path.name, "test": item.name,
-                                     "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
-                                     "wall": round(time.perf_counter() - started, 2),
-                                     "self": round(after[0] - before[0], 2),
-                                     "children": round(after[1] - before[1], 2)}) + "\n")
+    after = _cpu_seconds()  # one line per test; module fixtures count in the test that first needs them
+    with open(report, "a") as handle:
+        handle.write(json.dumps({"file": item.path.name, "test": item.name,
+                                 "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                                 "wall": round(time.perf_counter() - started, 2),
+                                 "self": round(after[0] - before[0], 2),
+                                 "children": round(after[1] - before[1], 2)}) + "\n")
