@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,7 +104,8 @@ def network_problems(events: list[dict], origin: str) -> tuple[list[str], list[s
             if urlsplit(url).scheme in NETWORK and not url.startswith(origin + "/"):
                 failed.append(f"{url}: not this site")
         elif method == "Network.loadingFailed":
-            failed.append(f"{urls.get(params['requestId'], params['requestId'])}: {params.get('errorText')}")
+            url = urls.get(params["requestId"], f"request {params['requestId']} (not started by this page)")
+            failed.append(f"{url}: {params.get('errorText')}")
         elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
             failed.append(f"{params['response']['url']}: HTTP {params['response']['status']}")
     return [url for url in urls.values() if urlsplit(url).scheme in NETWORK], sorted(set(failed))
@@ -147,10 +149,27 @@ def logging_chromium(tmp_path_factory):
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
+    drain_startup(driver)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+def drain_startup(driver, quiet: float = 1.5, limit: float = 20.0) -> None:
+    """Let the browser's own start-up traffic end before the first page, and drop it from the log.
+
+    Chromium opens its new-tab page at start and, every host name being unresolvable, that page's navigation to a
+    remote host fails (``net::ERR_NAME_NOT_RESOLVED``) some time later, sometimes while the first page of the site is
+    loading, which would charge that page with a request it never made. Open ``about:blank`` and read the log until
+    it has been silent for ``quiet`` seconds (at most ``limit``).
+    """
+    driver.get("about:blank")
+    start = last = time.monotonic()
+    while time.monotonic() - last < quiet and time.monotonic() - start < limit:
+        if driver.get_log("performance"):
+            last = time.monotonic()
+        time.sleep(0.2)
 
 
 def visit(driver, url: str, origin: str) -> Visit:
