@@ -8,14 +8,21 @@ is the grader's own process.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tools.grading import cli, parallel
+
+FORKED = parallel.start_process  # the real one: the fake_grading fixture replaces it
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +65,8 @@ def fake_grading(monkeypatch, tmp_path):
     script.write_text(FAKE_WORKER)
     monkeypatch.setattr(cli, "check_environment", lambda python: None)
     monkeypatch.setattr(cli, "check_sandbox", lambda python, allow: True)
-    monkeypatch.setattr(parallel, "worker_command", lambda job, slot=None: [sys.executable, str(script), str(job)])
+    monkeypatch.setattr(parallel, "start_process", lambda job, output: subprocess.Popen(
+        [sys.executable, str(script), str(job)], stdout=output, stderr=subprocess.STDOUT, start_new_session=True))
     monkeypatch.setattr(parallel, "merge_submission", lambda course, work, student: merged.append(student))
     monkeypatch.setattr(parallel, "reset_submission", lambda course, student: None)
     return merged
@@ -245,3 +253,60 @@ def test_the_sandboxes_get_the_reference_model_as_students_do_without_instructor
     (run / "reference.json").unlink()
     with pytest.raises(cli.GradingError, match=r"--reference: .*best\.onnx.*reference\.json.*labcode reference"):
         cli.stage_reference(run / "best.onnx", tmp_path / "grading")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Workers forked from the fork server: output, crash, time limit (bodies at module level: the server imports them)
+# --------------------------------------------------------------------------------------------------------------------
+
+def hanging_worker(job_file: str, output: str) -> None:
+    """Starts a process of its own, says so, then never ends."""
+    os.setsid()
+    with open(output, "a") as log:
+        child = subprocess.Popen(["sleep", "600"])
+        Path(job_file).with_name("child.pid").write_text(str(child.pid))
+        print(f"hanging, with a child {child.pid}", file=log, flush=True)
+    time.sleep(600)
+
+
+def crashing_worker(job_file: str, output: str) -> None:
+    os.setsid()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_forked_worker_writes_its_output_and_errors_to_its_log(course, fake_grading, monkeypatch, capsys):
+    # The real worker body, forked from the server: this course has no release, so each worker fails on its own,
+    # writes why in its result, and its log holds what it printed.
+    monkeypatch.setattr(parallel, "start_process", FORKED)
+    assert grade(course, "--student", "alice") == 1
+    result = json.loads((course / "grading" / "alice" / "result.json").read_text())
+    assert result["status"] == "error" and result["error"], result
+    assert (course / "grading" / "alice" / "worker-error.log").read_text().startswith("Traceback")
+    assert table(capsys.readouterr().out)["error"] == "alice"
+
+
+def test_a_worker_killed_by_a_signal_is_a_crash_of_that_student_only(course, fake_grading, monkeypatch, capsys):
+    monkeypatch.setattr(parallel, "start_process", functools.partial(FORKED, target=crashing_worker))
+    assert grade(course, "--student", "bob") == 1
+    rows = table(capsys.readouterr().out)
+    assert rows["crashed"] == "bob" and rows["bob"] == "crashed: the worker was killed by signal 9", rows
+
+
+def test_a_worker_over_its_time_is_killed_with_what_it_started(course, fake_grading, monkeypatch, capsys):
+    monkeypatch.setattr(parallel, "start_process", functools.partial(FORKED, target=hanging_worker))
+    started = time.monotonic()
+    assert grade(course, "--student", "carol", "--submission-timeout", "3") == 1
+    assert time.monotonic() - started < 60
+    rows = table(capsys.readouterr().out)
+    assert rows["carol"] == "timeout: killed after 3 s (--submission-timeout)", rows
+    child = int((course / "grading" / "carol" / "child.pid").read_text())
+    assert not alive(child), f"the worker's child {child} outlived it"
+    assert "hanging, with a child" in (course / "grading" / "carol" / "worker.log").read_text()

@@ -5,6 +5,11 @@ them, enforces the wall-time limit of each, and merges every result into the cou
 arrives (:mod:`tools.grading.merge`), so the gradebook always has a single writer. Worker ``i`` of the pool uses
 sandbox slot ``i``: at most one submission runs under each sandbox user at a time.
 
+Workers are forked from a server process that imported the grading stack once (:data:`PRELOAD`: nbgrader, the
+judge and torch, about 4 CPU-seconds per process): each submission still gets a process, a session and a memory of
+its own, started from the same clean state, without paying for those imports again. The server runs only the
+instructor's code, never a submission's (that runs in the sandboxed kernels the worker starts).
+
 Nothing one submission does stops the others: a worker that crashes, runs out of time or leaves a result that cannot
 be merged is recorded with its status and reason, its traceback goes to the grader's log (``grader.log``, set up by
 the CLI), and the final table (:func:`attention_rows`) names its log files and the command that re-grades it.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -82,6 +88,12 @@ def make_job(course: Course, student: str, settings: Settings, slot: int) -> Job
                reference=str(settings.reference or ""), slot=slot, threads=settings.threads,
                cell_timeout=settings.cell_timeout, limits=asdict(settings.limits), isolated=settings.isolated,
                hidden=str(settings.hidden or ""), model=asdict(settings.model), notebooks=settings.notebooks)
+
+
+#: What the workers' fork server imports before it forks any of them: everything a worker imports while grading.
+PRELOAD = ["tools", "tools.grading.worker", "tools.grading.kernel", "tools.grading.verdicts", "tools.grading.feedback",
+           "tools.grading.judge", "tools.grading.models", "nbgrader.apps", "nbgrader.api", "nbgrader.converters",
+           "nbgrader.preprocessors", "labcode.classes"]
 
 
 def worker_command(job_file: Path, slot: str | None = None) -> list[str]:
@@ -160,7 +172,7 @@ def grade_all(course: Course, students: Sequence[str], settings: Settings,
                 if worker.process.poll() is None:
                     if time.monotonic() - worker.started < settings.submission_timeout:
                         continue
-                    os.killpg(worker.process.pid, signal.SIGKILL)  # the sandboxes die with their parent
+                    kill(worker.process)
                     worker.process.wait()
                     status, error = "timeout", f"killed after {settings.submission_timeout} s (--submission-timeout)"
                 elif worker.process.returncode < 0:
@@ -177,11 +189,19 @@ def grade_all(course: Course, students: Sequence[str], settings: Settings,
                     on_result(result)
     finally:  # interrupted (Ctrl-C) or failed: no worker outlives the grader
         for worker in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.process.pid, signal.SIGKILL)
+            kill(worker.process)
             worker.process.wait()
             worker.log.close()
     return sorted(results, key=lambda r: r["student"])
+
+
+def kill(process: ForkedWorker | subprocess.Popen) -> None:
+    """Kill a worker and everything it started (its session: the sandboxes die with their parent)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # not yet in a session of its own, or already gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -189,7 +209,7 @@ class Running:
     """A worker process grading one student's submission."""
 
     student: str
-    process: subprocess.Popen
+    process: ForkedWorker | subprocess.Popen
     started: float
     log: IO
 
@@ -203,10 +223,55 @@ def start_worker(course: Course, student: str, settings: Settings, slot: int) ->
         (scratch / stale).unlink(missing_ok=True)
     job.save(scratch / "job.json")
     output = (scratch / "worker.log").open("w")
-    process = subprocess.Popen(worker_command(scratch / "job.json"), cwd=REPO, stdout=output,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_process(scratch / "job.json", output)
     log.info("%s: grading on slot %d (pid %d, folder %s)", student, slot, process.pid, scratch)
     return Running(student, process, time.monotonic(), output)
+
+
+def start_process(job_file: Path, output: IO, target: Callable[[str, str], None] | None = None) -> ForkedWorker:
+    """Fork a worker for ``job_file`` from the fork server (started with the first), in a session of its own, its
+    output and errors going to ``output``; ``target(job_file, output's path)`` is the worker's body (a module-level
+    function, by default :func:`_forked_worker`)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    process = context.Process(target=target or _forked_worker, args=(str(job_file), output.name), daemon=False)
+    process.start()
+    return ForkedWorker(process)
+
+
+def _forked_worker(job_file: str, output: str) -> None:
+    """The forked worker's body: what ``python -m tools.grading worker JOB`` does, in a new session."""
+    from tools.grading import worker
+
+    os.setsid()  # the grader kills the worker with everything it started (os.killpg)
+    log_fd = os.open(output, os.O_WRONLY | os.O_APPEND)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.chdir(REPO)
+    sys.exit(worker.main([job_file]))
+
+
+class ForkedWorker:
+    """A worker forked from the fork server, with the part of :class:`subprocess.Popen` that :func:`grade_all` uses."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode  # negative: killed by that signal, as Popen says it
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self) -> int | None:
+        self._process.join()
+        return self._process.exitcode
 
 
 def summary_rows(results: Sequence[dict]) -> list[tuple[str, str]]:
