@@ -265,10 +265,10 @@ def built_site(request, tmp_path_factory) -> Path:
 #: The longest test files, longest first (measured with LABCODE_CPU_REPORT, below): with one file per test process
 #: (``--dist loadfile``, in this order with ``--no-loadscope-reorder``), a long file started last would leave the
 #: other process idle at the end.
-LONG_FILES = ("test_grading.py", "test_grading_cluster.py", "test_book.py", "test_train_cli.py", "test_solutions.py",
-              "test_grading_outputs.py", "test_grading_attacks.py", "test_student_path.py", "test_reference.py",
-              "test_grading_models.py", "test_export.py", "test_serve.py", "test_judge.py", "test_layout.py",
-              "test_check_release.py")
+LONG_FILES = ("test_grading.py", "test_grading_cluster.py", "test_book.py", "test_student_path.py", "test_train_cli.py",
+              "test_grading_outputs.py", "test_solutions.py", "test_grading_attacks.py", "test_serve.py",
+              "test_grading_models.py", "test_export.py", "test_judge.py", "test_reference.py", "test_check_release.py",
+              "test_layout.py")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

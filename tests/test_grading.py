@@ -35,6 +35,7 @@ from tests.course import (
     keep_notebooks,
     make_course,
     new_submission,
+    notebook_text,
     output_text,
     run_grader,
 )
@@ -74,6 +75,9 @@ def test_correct_work_gets_full_marks_in_the_instructors_and_in_the_students_own
         assert "Not scored" in output_text(cell_outputs(course, student, "05_training", "test_model_export"))
         lost = {k: g for k, g in got.items() if g["score"] != g["max"]}
         assert not lost, f"{student} lost points: {lost}"
+    # Notebook 06's comparison table, which scores nothing, is left out while grading.
+    graded_06 = course / "autograded" / "sol" / ASSIGNMENT / "06_inference_onnx.ipynb"
+    assert "(the table is left out while grading: run the cell yourself)" in notebook_text(graded_06)
     # The final table: students, mean score per notebook.
     assert re.search(r"submissions +3\n", done.stdout) and re.search(r"graded +3\n", done.stdout), done.stdout
     assert re.search(r"mean 03_unet +8\.7 / 13\n", done.stdout), done.stdout

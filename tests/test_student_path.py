@@ -116,7 +116,11 @@ def test_a_student_sets_up_the_distribution_and_works_through_the_seven_notebook
     assert not trained, f"notebook 06 trained a model: {trained}"
     assert not [name for name in after if name.endswith(".pt") and name not in before]
     assert not list(home.glob("reference-*")), "notebook 06 trained a reference model in the data cache"
-    assert f"{dist / 'reference' / SHIPPED_NAME}" in notebook_text(folder / "06_inference_onnx.ipynb")
+    studied = notebook_text(folder / "06_inference_onnx.ipynb")
+    assert f"{dist / 'reference' / SHIPPED_NAME}" in studied
+    # The comparison table (left out while grading): the reference model and the student's, each scored three times.
+    rows = re.findall(r"^(reference|yours) +\S+ +[01]\.\d{3} +[01]\.\d{3} +[01]\.\d{3}$", studied, re.MULTILINE)
+    assert rows == ["reference", "yours"], studied[-3000:]
     times |= run_student_notebooks(dist, STEMS[6:], env)
 
     assert list(times) == STEMS
