@@ -8,7 +8,8 @@ sandbox slot ``i``: at most one submission runs under each sandbox user at a tim
 Workers are forked from a server process that imported the grading stack once (:data:`PRELOAD`: nbgrader, the
 judge and torch, about 4 CPU-seconds per process): each submission still gets a process, a session and a memory of
 its own, started from the same clean state, without paying for those imports again. The server runs only the
-instructor's code, never a submission's (that runs in the sandboxed kernels the worker starts).
+instructor's code, never a submission's (that runs in the sandboxed kernels the worker starts), and listens on a
+socket in a private temporary folder of the grader's user (mode 0700), which no sandbox sees.
 
 Nothing one submission does stops the others: a worker that crashes, runs out of time or leaves a result that cannot
 be merged is recorded with its status and reason, its traceback goes to the grader's log (``grader.log``, set up by
