@@ -290,6 +290,8 @@ def test_a_forked_worker_writes_its_output_and_errors_to_its_log(course, fake_gr
     result = json.loads((course / "grading" / "alice" / "result.json").read_text())
     assert result["status"] == "error" and result["error"], result
     assert (course / "grading" / "alice" / "worker-error.log").read_text().startswith("Traceback")
+    assert "INFO tools.grading.worker: grading alice (notebooks *)" in (course / "grading" / "alice" / "worker.log"
+                                                                        ).read_text()
     assert table(capsys.readouterr().out)["error"] == "alice"
 
 

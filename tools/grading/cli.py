@@ -407,8 +407,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":  # its output is the worker's log (<scratch>/<student>/worker.log)
         from tools.grading import worker
 
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: "
-                            "%(message)s", force=True)
         return worker.main([str(args.job), *(["--slot", str(args.slot)] if args.slot is not None else [])])
     course_root = Path(getattr(args, "course", REPO))
     if args.command != "check" and not (course_root / "nbgrader_config.py").is_file():

@@ -19,6 +19,7 @@ Run as ``python -m tools.grading worker JOB.json`` (by the parallel grader or a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from tools.grading import sandbox
 from tools.grading.course import Course, copy_database, tools_on_path
 from tools.grading.intake import read_timestamp, take_submission
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -186,6 +189,7 @@ def grade(job: Job) -> dict:
     work = Course(scratch / "course", course.assignment)
     result: dict = {"student": job.student, "status": "error", "notebooks": {}, "problems": [], "notes": [],
                     "skipped": [], "restored": []}
+    logger.info("grading %s (notebooks %s) in %s", job.student, job.notebooks, scratch)
     try:
         if (scratch / "course").exists():
             shutil.rmtree(scratch / "course")
@@ -205,6 +209,7 @@ def grade(job: Job) -> dict:
         log.write_text("")
         problems, seconds = {}, {}
         for stem in stems:
+            logger.info("%s: %s started", job.student, stem)  # the last one named is the one a time limit cut
             begun = time.time()
             path = submitted / f"{stem}.ipynb"
             problem, notes = prepare_notebook(path) if path.is_file() else ("missing from the submission", [])
@@ -250,6 +255,9 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--slot"):
         print("usage: python -m tools.grading worker JOB.json [--slot N]", file=sys.stderr)
         return 2
+    # What the worker logs goes to its output, the worker's log (forked by the parallel grader, or a slurm task).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     job = Job.load(Path(argv[0]))
     if len(argv) == 3:
         job.slot = int(argv[2])
