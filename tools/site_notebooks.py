@@ -196,7 +196,6 @@ def execute(path: Path, workdir: Path, timeout: int, env: dict[str, str | None])
     """
     import nbclient
     import nbformat
-    from traitlets.config import Config
 
     nb = nbformat.read(str(path), as_version=4)
     saved = {key: os.environ.get(key) for key in env}
@@ -206,14 +205,9 @@ def execute(path: Path, workdir: Path, timeout: int, env: dict[str, str | None])
         else:
             os.environ[key] = value
     try:
-        # A local kernel over IPC (sockets in a private folder) rather than TCP on localhost: nothing to eavesdrop,
-        # and no warning of ipykernel's in the book's build log. The path is absolute: the kernel runs in workdir.
-        with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
-            ipc = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "ipc")}})
-            client = nbclient.NotebookClient(nb, config=ipc, kernel_name="python3", timeout=timeout,
-                                             allow_errors=True, interrupt_on_timeout=True,
-                                             resources={"metadata": {"path": str(workdir)}})
-            client.execute()
+        client = nbclient.NotebookClient(nb, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
+                                         kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+        client.execute()
     finally:
         for key, value in saved.items():
             if value is None:
