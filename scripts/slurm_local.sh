@@ -47,6 +47,9 @@ ReturnToService=2
 MpiDefault=none
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
+# Finished jobs leave slurmctld's table after 4 s. sbatch --wait then polls every 2 s (its poll must come before
+# the purge); with the default 300 s it polls after 2, 8, then every 32 s, so a short job was waited for 30 s more.
+MinJobAge=4
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
