@@ -289,6 +289,18 @@ def _cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+def _machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (``/proc/stat``): a test's own when tests run one at a time
+    (``-p no:xdist``), kernels run by sandboxes and slurm jobs included."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     import time
@@ -297,7 +309,7 @@ def pytest_runtest_protocol(item, nextitem):
     if not report:
         yield
         return
-    before, started = _cpu_seconds(), time.perf_counter()
+    before, machine, started = _cpu_seconds(), _machine_cpu_seconds(), time.perf_counter()
     yield
     after = _cpu_seconds()  # one line per test; module fixtures count in the test that first needs them
     with open(report, "a") as handle:
@@ -305,4 +317,5 @@ def pytest_runtest_protocol(item, nextitem):
                                  "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
                                  "wall": round(time.perf_counter() - started, 2),
                                  "self": round(after[0] - before[0], 2),
-                                 "children": round(after[1] - before[1], 2)}) + "\n")
+                                 "children": round(after[1] - before[1], 2),
+                                 "machine": round(_machine_cpu_seconds() - machine, 2)}) + "\n")

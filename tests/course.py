@@ -57,6 +57,12 @@ def _course_template() -> Path:
     return root
 
 
+def fresh_release() -> Path:
+    """The student release generated from the sources by this test process (``tools/release.py``, the release of
+    the course template): the tests that need one read it or copy it, and none changes it."""
+    return _course_template() / "notebooks" / ASSIGNMENT
+
+
 def make_course(root: Path, extra_config: str = "") -> Path:
     """A course folder with the sources, the generated release, its gradebook and an exchange folder.
 
@@ -522,10 +528,11 @@ def do_the_work(segmentation: Path) -> None:
 
 
 def build_student_distribution(dest: Path, reference: Path) -> Path:
-    """The students' distribution as ``make release`` writes it, from a release generated now from the sources.
+    """The students' distribution as ``make release`` writes it, from the release this test process generated from
+    the sources (:func:`fresh_release`).
 
     Args:
-        dest: a scratch folder (``dest / "release"`` and ``dest / "student"`` are written).
+        dest: a scratch folder (``dest / "student"`` is written).
         reference: the ONNX reference model to ship (its ``reference.json`` beside it goes too).
 
     Returns:
@@ -533,8 +540,7 @@ def build_student_distribution(dest: Path, reference: Path) -> Path:
     """
     from tools import distribution
 
-    made = release.build_release(dest / "release")
-    return distribution.build_distribution(made, dest / "student", reference=reference,
+    return distribution.build_distribution(fresh_release(), dest / "student", reference=reference,
                                            links=distribution.CourseLinks(),
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
 

@@ -53,9 +53,10 @@ def instructor_text(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def fresh_dist(tmp_path_factory, reference_model) -> Path:
     """A distribution built as ``make release`` builds it, from a release made now from the sources."""
-    tmp = tmp_path_factory.mktemp("fresh")
-    fresh = release.build_release(tmp / "notebooks")
-    return distribution.build_distribution(fresh, tmp / "student", reference=reference_model,
+    from tests.course import fresh_release
+
+    return distribution.build_distribution(fresh_release(), tmp_path_factory.mktemp("fresh") / "student",
+                                           reference=reference_model,
                                            links=distribution.CourseLinks(),
                                            ignore=tuple(release.load_course_config().CourseDirectory.ignore))
 

@@ -97,9 +97,11 @@ def test_region_naming_an_unknown_notebook_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fresh_release(tmp_path_factory) -> Path:
-    """A release built now from the sources, into a temporary folder."""
-    return release.build_release(tmp_path_factory.mktemp("release") / "notebooks")
+def fresh_release() -> Path:
+    """A release built now from the sources, into a temporary folder (once per test process)."""
+    from tests.course import fresh_release
+
+    return fresh_release()
 
 
 def test_release_is_in_sync_with_the_sources(fresh_release):

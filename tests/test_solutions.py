@@ -171,16 +171,6 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def reference_model(synth_root, tmp_path_factory) -> Path:
-    """A reference model of the small data set, made by the library's own command (two short epochs)."""
-    from labcode.reference import train_reference
-
-    made = train_reference(synth_root, tmp_path_factory.mktemp("reference") / "run", progress=False, epochs=2,
-                           small=True, num_workers=0)
-    return Path(made["model"])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", STEMS)
 def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, reference_model, tmp_path,
