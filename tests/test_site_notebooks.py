@@ -102,7 +102,7 @@ def test_the_pages_are_made_from_a_release_only(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_the_pages_of_a_small_release_are_run_and_written(tmp_path: Path):
+def test_the_pages_of_a_small_release_are_run_and_written(tmp_path: Path, capfd):
     # A release of one notebook (with its labcode/ copy): run by a real kernel, written to a folder that replaces
     # the one there (a stale page goes, the symbolic link of an older layout too).
     release = tmp_path / "release"
@@ -127,6 +127,10 @@ def test_the_pages_of_a_small_release_are_run_and_written(tmp_path: Path):
     assert page.cells[5].outputs == [], "a cell that failed shows nothing, not even what it printed first"
     assert [r.stem for r in reports] == ["09_x"] and reports[0].kept == [1, 2]
     assert not (release / "09_x.ipynb").read_text().count("before\\n"), "the release itself is not touched"
+    # The kernel's own output (it inherits this process's stderr) has no warning for the book's build log: its
+    # channels are encrypted.
+    said = capfd.readouterr().err
+    assert "WARNING" not in said and "ERROR" not in said, said
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -196,6 +196,7 @@ def execute(path: Path, workdir: Path, timeout: int, env: dict[str, str | None])
     """
     import nbclient
     import nbformat
+    from traitlets.config import Config
 
     nb = nbformat.read(str(path), as_version=4)
     saved = {key: os.environ.get(key) for key in env}
@@ -205,8 +206,12 @@ def execute(path: Path, workdir: Path, timeout: int, env: dict[str, str | None])
         else:
             os.environ[key] = value
     try:
-        client = nbclient.NotebookClient(nb, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
-                                         kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+        # The kernel talks over TCP on localhost, encrypted with CurveZMQ keys that the kernel manager makes for it
+        # (ipykernel declares the support): nothing to eavesdrop, and no warning of ipykernel's in the book's build.
+        encrypted = Config({"KernelManager": {"transport_encryption": "required"}})
+        client = nbclient.NotebookClient(nb, config=encrypted, timeout=timeout, allow_errors=True,
+                                         interrupt_on_timeout=True, kernel_name="python3",
+                                         resources={"metadata": {"path": str(workdir)}})
         client.execute()
     finally:
         for key, value in saved.items():
