@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -85,15 +86,79 @@ def synth_root(tmp_path_factory) -> Path:
     return generate_dataset(out, images_per_area=4, size=64, seed=1, workers=1, progress=False)
 
 
+def shared_folder(tmp_path_factory) -> Path:
+    """The folder that the test processes of one run share (pytest-xdist workers), or this process's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_course_template(tmp_path_factory):
+    """The course template of ``tests.course`` (sources, release, gradebook) is built once per run."""
+    import tests.course
+
+    tests.course.SHARED_FOLDER = shared_folder(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def reference_model(synth_root, tmp_path_factory) -> Path:
     """A reference model of the small data set, made as ``make reference`` makes one but quickly (two short epochs
-    of the recipe): its ``best.onnx``, with the run's ``best.pt`` and ``reference.json`` beside it."""
+    of the recipe): its ``best.onnx``, with the run's ``best.pt`` and ``reference.json`` beside it.
+
+    Trained once per run: the first test process to ask trains it under a lock (on its own copy of the generated
+    data set, identical in every process), the others reuse it. No test changes its files.
+    """
+    import fcntl
+    import shutil
+
     from labcode.reference import train_reference
 
-    made = train_reference(synth_root, tmp_path_factory.mktemp("reference") / "run", progress=False, epochs=2,
-                           small=True, num_workers=0)
-    return Path(made["model"])
+    shared = shared_folder(tmp_path_factory)
+    folder = shared / "reference-model"
+    with open(shared / "reference-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = folder / "MADE"
+        if not made.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            model = train_reference(synth_root, folder / "run", progress=False, epochs=2, small=True,
+                                    num_workers=0)["model"]
+            made.write_text(str(model))
+        return Path(made.read_text())
+
+
+#: The solution notebooks that need no model: they run in seconds, the same way for every test.
+QUICK_SOLUTIONS = ("01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "07_going_further")
+
+
+@pytest.fixture(scope="session")
+def solved_notebooks(synth_root, tmp_path_factory) -> dict[str, tuple]:
+    """:data:`QUICK_SOLUTIONS` run top to bottom as students run them (``tools.leaks.execute_solutions``: the
+    instructor library next to them, the small data set, no grading setting), each in a fresh kernel:
+    ``{stem: (executed notebook, seconds)}``.
+
+    Run once per run for the tests of both the solutions and the site's leaks: the first test process to ask runs
+    them under a lock, the others read what it saved.
+    """
+    import fcntl
+
+    from tools.leaks import execute_solutions
+
+    shared = shared_folder(tmp_path_factory)
+    saved = shared / "solved-notebooks.pickle"
+    with open(shared / "solved-notebooks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.is_file():
+            solved = {}
+            for stem in QUICK_SOLUTIONS:
+                started = time.perf_counter()
+                executed = execute_solutions(synth_root, stems=[stem], timeout=60)
+                solved[stem] = (executed[stem], time.perf_counter() - started)
+            partial = saved.with_suffix(".partial")
+            with open(partial, "wb") as file:
+                pickle.dump(solved, file)
+            partial.replace(saved)
+        with open(saved, "rb") as file:
+            return pickle.load(file)
 
 
 @pytest.fixture(autouse=True)
@@ -223,8 +288,7 @@ def built_site(request, tmp_path_factory) -> Path:
     release = REPO / "notebooks" / "segmentation"
     if not release.is_dir():
         pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    shared = shared_folder(tmp_path_factory)
     root = shared / "course-site"
     html = root / "site" / "book" / "_build" / "html"
     with open(shared / "course-site.lock", "w") as lock:

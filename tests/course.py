@@ -44,17 +44,38 @@ def require_sandbox() -> None:
     require(problem is None, f"the sandbox cannot start: {problem}")
 
 
+#: A folder that the test processes of one run share (``tests/conftest.py`` sets it): the course template is built
+#: there once per run. ``None``: once per process, in a temporary folder.
+SHARED_FOLDER: Path | None = None
+
+
 @functools.cache
 def _course_template() -> Path:
-    """The sources, the release and its gradebook (which names no path), built once per test process."""
-    import atexit
-    import tempfile
+    """The sources, the release and its gradebook (which names no path), built once per run (the first test process
+    to ask builds it under a lock, the others reuse it) or, without a shared folder, once per test process."""
+    if SHARED_FOLDER is None:
+        import atexit
+        import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="course-template-")) / "course"
-    atexit.register(shutil.rmtree, root.parent, True)  # removed when the test process ends
+        root = Path(tempfile.mkdtemp(prefix="course-template-")) / "course"
+        atexit.register(shutil.rmtree, root.parent, True)  # removed when the test process ends
+        _build_template(root)
+        return root
+    import fcntl
+
+    root = SHARED_FOLDER / "course-template" / "course"
+    with open(SHARED_FOLDER / "course-template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root.parent / "BUILT").is_file():
+            shutil.rmtree(root.parent, ignore_errors=True)
+            _build_template(root)
+            (root.parent / "BUILT").write_text("")
+    return root
+
+
+def _build_template(root: Path) -> None:
     shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
     release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
-    return root
 
 
 def fresh_release() -> Path:

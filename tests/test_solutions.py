@@ -160,47 +160,52 @@ def test_every_notebook_starts_with_the_same_kind_of_setup():
 RUN_TIMES: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """One folder for the whole run, so that notebook 6 finds the model notebook 5 trained (as for a student).
-
-    The instructor library sits next to the notebooks, where students have their copy: the setup cells import it.
-    """
-    folder = tmp_path_factory.mktemp("solutions")
-    shutil.copytree(REPO / "labcode", folder / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
-    return folder
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", STEMS)
-def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, workdir, synth_root, reference_model, tmp_path,
-                                                     monkeypatch):
-    import nbclient
+def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, synth_root, reference_model, tmp_path, monkeypatch,
+                                                     request):
+    from tools.site_notebooks import SHOWN_WORKDIR
 
-    monkeypatch.setenv("LABCODE_DATADIR", str(synth_root))  # a small generated data set
-    monkeypatch.setenv("LABCODE_REFERENCE_MODEL", str(reference_model))
-    monkeypatch.setenv("LABCODE_DATA_HOME", str(tmp_path / "data_home"))  # nothing written to the user's cache
-    if stem == "05_training":
-        # The grading settings (a tiny run): the CPU recipe the students run, the same cells but for the answer, runs
-        # in tests/test_student_path.py, and training it twice would double the suite's longest notebook.
-        monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
-    else:
-        monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)  # what students run
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    path = workdir / f"{stem}.ipynb"
-    shutil.copy(SOURCE / path.name, path)
-    nb = nbformat.read(path, as_version=4)
-    started = time.perf_counter()
-    client = nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}})
-    client.execute()
-    elapsed = time.perf_counter() - started
+    if stem in ("05_training", "06_inference_onnx"):  # they study a model: the reference model is given
+        nb, elapsed = run_with_reference(stem, tmp_path, synth_root, reference_model, monkeypatch)
+        folder = str(tmp_path)
+    else:  # run as students run them, once for this test and the site's leak scan (conftest.py)
+        nb, elapsed = request.getfixturevalue("solved_notebooks")[stem]
+        folder = SHOWN_WORKDIR  # (the scratch folder is printed as the site's pages print it)
     RUN_TIMES[stem] = elapsed
     errors = [(i, out.ename, out.evalue) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
               for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"{stem}: cells ending in an error: {errors}"
     first = next(c for c in nb.cells if c.cell_type == "code")
     printed = "".join(out.get("text", "") for out in first.outputs)
-    assert f"labcode from {workdir / 'labcode'}" in printed, printed  # the instructor library, with the solutions
+    assert f"labcode from {folder}/labcode" in printed, printed  # the instructor library, with the solutions
     if stem == "06_inference_onnx":  # the questions study the reference model
         studied = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
         assert f"model: {reference_model} (the reference model" in studied, studied[-2000:]
+
+
+def run_with_reference(stem: str, folder: Path, datadir: Path, reference: Path, monkeypatch) -> tuple:
+    """A solution notebook run in ``folder`` (the instructor library copied next to it) with ``reference`` as the
+    reference model: the executed notebook and its seconds.
+
+    Notebook 05 runs with the grading settings (a tiny run): the CPU recipe the students run, the same cells but for
+    the answer, runs in tests/test_student_path.py, and training it twice would double the suite's longest notebook.
+    """
+    import nbclient
+
+    shutil.copytree(REPO / "labcode", folder / "labcode", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("LABCODE_DATADIR", str(datadir))  # a small generated data set
+    monkeypatch.setenv("LABCODE_REFERENCE_MODEL", str(reference))
+    monkeypatch.setenv("LABCODE_DATA_HOME", str(folder / "data_home"))  # nothing written to the user's cache
+    if stem == "05_training":
+        monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    else:
+        monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)  # what students run
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    path = folder / f"{stem}.ipynb"
+    shutil.copy(SOURCE / path.name, path)
+    nb = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    client = nbclient.NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(folder)}})
+    client.execute()
+    return nb, time.perf_counter() - started
