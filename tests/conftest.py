@@ -379,6 +379,7 @@ def pytest_runtest_protocol(item, nextitem):
     with open(report, "a") as handle:
         handle.write(json.dumps({"file": item.path.name, "test": item.name,
                                  "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                                 "start": round(time.time() - (time.perf_counter() - started), 2),
                                  "wall": round(time.perf_counter() - started, 2),
                                  "self": round(after[0] - before[0], 2),
                                  "children": round(after[1] - before[1], 2),
