@@ -75,6 +75,7 @@ def test_parity_check_catches_a_different_model(exported) -> None:
         check_onnx_parity(other, path, sizes=[(16, 16)], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_export_command_writes_and_checks(tmp_path: Path, capsys) -> None:
     from labcode.commands import export as export_command
 
@@ -150,6 +151,7 @@ def test_nearest_upsample_conv_is_upsample_then_conv(bias: bool, relu: bool) -> 
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_folds_the_up_blocks_and_only_them_when_asked(tmp_path: Path) -> None:
     from labcode.export import NearestUpsampleConv, fold_nearest_upsampling
 

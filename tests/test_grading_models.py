@@ -77,6 +77,7 @@ def settings(**values) -> ModelGrading:
     return ModelGrading(**{"time_limit": 60, "memory_gb": 2, **values})
 
 
+@pytest.mark.slow
 def test_a_trained_model_scores_high_and_an_untrained_one_low(hidden, spec, tmp_path):
     good = score_model(overfit_model(hidden, tmp_path / "good.onnx", steps=150), hidden["packed"], settings(), spec,
                        NUM_CLASSES)

@@ -38,6 +38,7 @@ def _read_all(stream, sink: list[str], seen_batch: threading.Event, min_batch: i
     sink.append(text)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_continues(synth_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "preempted"
     args = [sys.executable, "-m", "labcode", "train", "--datadir", str(synth_root), "--areas-train", "1", "2", "4",

@@ -49,6 +49,7 @@ def test_the_recipe_follows_the_protocol():
     assert reference.CPU_RECIPE["model_options"]["base_chan"] != 99
 
 
+@pytest.mark.slow
 def test_reference_command_trains_scores_and_then_keeps_the_model(synth_root: Path, tmp_path: Path, capsys):
     from labcode.commands.cli import main
 

@@ -443,6 +443,7 @@ def _memory_mb(pid: int, field: str) -> float:
 ONE_UPLOAD_MB, FOUR_UPLOADS_MB = 500, 900
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the memory of the server from /proc")
 @pytest.mark.parametrize("concurrent, bound", [(1, ONE_UPLOAD_MB), (4, FOUR_UPLOADS_MB)])
 def test_memory_for_the_largest_accepted_image_is_bounded(model_path, tmp_path, concurrent, bound):

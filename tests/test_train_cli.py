@@ -105,6 +105,7 @@ def check_end_to_end(synth_root: Path, tmp_path: Path, extra: list[str]) -> dict
     return {"summary": summary, "history": history}
 
 
+@pytest.mark.slow
 def test_train_export_test_infer_end_to_end_on_cpu(synth_root: Path, tmp_path: Path) -> None:
     result = check_end_to_end(synth_root, tmp_path, ["--device", "cpu", "--no-amp"])
     assert "device: cpu (fp32), processes: 1" in result["summary"]  # --no-amp: full precision on any CPU
@@ -118,6 +119,7 @@ def test_train_export_test_infer_end_to_end_on_cuda_with_amp(synth_root: Path, t
     assert "device: cuda (bf16)" in result["summary"] or "device: cuda (fp16)" in result["summary"]
 
 
+@pytest.mark.slow
 def test_bad_invocations_exit_2_with_one_line(synth_root: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     (tmp_path / "notes.jpg").write_text("not an image")
@@ -260,6 +262,7 @@ def _is_decode_error(line: str, path: Path) -> bool:
                         line) is not None
 
 
+@pytest.mark.slow
 def test_errors_in_loader_workers_reach_the_user_as_their_own_line(synth_root: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     cut = _copy_with_truncated_png(synth_root, data, ("1", "5a"))
