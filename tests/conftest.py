@@ -105,60 +105,40 @@ def reference_model(synth_root, tmp_path_factory) -> Path:
     """A reference model of the small data set, made as ``make reference`` makes one but quickly (two short epochs
     of the recipe): its ``best.onnx``, with the run's ``best.pt`` and ``reference.json`` beside it.
 
-    Trained once per run: the first test process to ask trains it under a lock (on its own copy of the generated
-    data set, identical in every process), the others reuse it. No test changes its files.
+    Trained once per run (``tests.course.built_once``, on the asking process's copy of the generated data set,
+    identical in every process). No test changes its files.
     """
-    import fcntl
-    import shutil
-
     from labcode.reference import train_reference
+    from tests.course import built_once
 
-    shared = shared_folder(tmp_path_factory)
-    folder = shared / "reference-model"
-    with open(shared / "reference-model.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        made = folder / "MADE"
-        if not made.is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            model = train_reference(synth_root, folder / "run", progress=False, epochs=2, small=True,
-                                    num_workers=0)["model"]
-            made.write_text(str(model))
-        return Path(made.read_text())
+    def train(folder: Path) -> None:
+        train_reference(synth_root, folder / "run", progress=False, epochs=2, small=True, num_workers=0)
 
-
-#: The solution notebooks that need no model: they run in seconds, the same way for every test.
-QUICK_SOLUTIONS = ("01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "07_going_further")
+    return built_once(shared_folder(tmp_path_factory), "reference-model", train) / "run" / "best.onnx"
 
 
 @pytest.fixture(scope="session")
 def solved_notebooks(synth_root, tmp_path_factory) -> dict[str, tuple]:
-    """:data:`QUICK_SOLUTIONS` run top to bottom as students run them (``tools.leaks.execute_solutions``: the
-    instructor library next to them, the small data set, no grading setting), each in a fresh kernel:
-    ``{stem: (executed notebook, seconds)}``.
+    """The solution notebooks that study no model (``tests.course.MODEL_FREE_STEMS``) run top to bottom as students
+    run them (``tools.leaks.execute_solutions``: the instructor library next to them, the small data set, no grading
+    setting), each in a fresh kernel: ``{stem: (executed notebook, seconds)}``.
 
-    Run once per run for the tests of both the solutions and the site's leaks: the first test process to ask runs
-    them under a lock, the others read what it saved.
+    Run once per run (``tests.course.built_once``) for the tests of both the solutions and the site's leaks.
     """
-    import fcntl
-
+    from tests.course import MODEL_FREE_STEMS, built_once
     from tools.leaks import execute_solutions
 
-    shared = shared_folder(tmp_path_factory)
-    saved = shared / "solved-notebooks.pickle"
-    with open(shared / "solved-notebooks.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not saved.is_file():
-            solved = {}
-            for stem in QUICK_SOLUTIONS:
-                started = time.perf_counter()
-                executed = execute_solutions(synth_root, stems=[stem], timeout=60)
-                solved[stem] = (executed[stem], time.perf_counter() - started)
-            partial = saved.with_suffix(".partial")
-            with open(partial, "wb") as file:
-                pickle.dump(solved, file)
-            partial.replace(saved)
-        with open(saved, "rb") as file:
-            return pickle.load(file)
+    def run(folder: Path) -> None:
+        solved = {}
+        for stem in MODEL_FREE_STEMS:
+            started = time.perf_counter()
+            executed = execute_solutions(synth_root, stems=[stem], timeout=60)
+            solved[stem] = (executed[stem], time.perf_counter() - started)
+        with open(folder / "solved.pickle", "wb") as file:
+            pickle.dump(solved, file)
+
+    with open(built_once(shared_folder(tmp_path_factory), "solved-notebooks", run) / "solved.pickle", "rb") as file:
+        return pickle.load(file)
 
 
 @pytest.fixture(autouse=True)
@@ -277,53 +257,40 @@ def built_site(request, tmp_path_factory) -> Path:
     ``course.yml`` names no link (``tests.test_book``'s ``NO_LINKS``, ``_copy_sources`` and ``build``), so the setup
     page offers the students' distribution as a zip; the reference model that the zip ships is a stand-in file (with
     a ``reference.json``) named by ``$LABCODE_REFERENCE_MODEL`` during the build, whatever this machine has trained.
-    The test processes of one run (pytest-xdist workers) share the site: the first to ask builds it under a lock, the
-    others wait and reuse it; a failed build fails them all at once instead of being retried.
+    The test processes of one run (pytest-xdist workers) share the site (``tests.course.built_once``).
     """
-    import fcntl
-
-    from tests.course import REPO
+    from tests.course import REPO, built_once
     from tests.test_book import NO_LINKS, _copy_sources, build
 
     release = REPO / "notebooks" / "segmentation"
     if not release.is_dir():
         pytest.fail("notebooks/segmentation/ is missing: generate the student release first (make release)")
-    shared = shared_folder(tmp_path_factory)
-    root = shared / "course-site"
-    html = root / "site" / "book" / "_build" / "html"
-    with open(shared / "course-site.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / "FAILED").is_file():
-            pytest.fail("the course site failed to build (see the first test that asked for it):\n"
-                        + (root / "FAILED").read_text())
-        if not (root / "BUILT").is_file():
-            from labcode.reference import ENV_MODEL, INFO_KEYS, INFO_NAME
-            from tools.site_notebooks import build_site_notebooks
 
-            (root / "site").mkdir(parents=True, exist_ok=True)
-            (root / "reference").mkdir(exist_ok=True)
-            stand_in = root / "reference" / "best.onnx"
-            stand_in.write_bytes(b"a stand-in for the reference model")
-            (root / "reference" / INFO_NAME).write_text(json.dumps({key: None for key in INFO_KEYS}))
-            saved = os.environ.get(ENV_MODEL)
-            try:
-                pages = root / "pages" / "segmentation"
-                reports = build_site_notebooks(pages, release=release, datadir=request.getfixturevalue("synth_root"),
-                                               timeout=60)
-                with open(root / "reports.pickle", "wb") as file:  # for the page tests of every test process
-                    pickle.dump(reports, file)
-                os.environ[ENV_MODEL] = str(stand_in)  # for the download only: the notebooks ran with the real one
-                build(_copy_sources(root / "site", links=NO_LINKS, pages=pages))
-            except BaseException as error:
-                (root / "FAILED").write_text(str(error)[-5000:])
-                raise
-            finally:
-                if saved is None:
-                    os.environ.pop(ENV_MODEL, None)
-                else:
-                    os.environ[ENV_MODEL] = saved
-            (root / "BUILT").write_text(str(html))
-    return html
+    def build_site(root: Path) -> None:
+        from labcode.reference import ENV_MODEL, INFO_KEYS, INFO_NAME
+        from tools.site_notebooks import build_site_notebooks
+
+        (root / "site").mkdir()
+        (root / "reference").mkdir()
+        stand_in = root / "reference" / "best.onnx"
+        stand_in.write_bytes(b"a stand-in for the reference model")
+        (root / "reference" / INFO_NAME).write_text(json.dumps({key: None for key in INFO_KEYS}))
+        saved = os.environ.get(ENV_MODEL)
+        try:
+            pages = root / "pages" / "segmentation"
+            reports = build_site_notebooks(pages, release=release, datadir=request.getfixturevalue("synth_root"),
+                                           timeout=60)
+            with open(root / "reports.pickle", "wb") as file:  # for the page tests of every test process
+                pickle.dump(reports, file)
+            os.environ[ENV_MODEL] = str(stand_in)  # for the download only: the notebooks ran with the real one
+            build(_copy_sources(root / "site", links=NO_LINKS, pages=pages))
+        finally:
+            if saved is None:
+                os.environ.pop(ENV_MODEL, None)
+            else:
+                os.environ[ENV_MODEL] = saved
+
+    return built_once(shared_folder(tmp_path_factory), "course-site", build_site) / "site" / "book" / "_build" / "html"
 
 
 #: The longest test files, longest first (measured with LABCODE_CPU_REPORT, below): with one file per test process
@@ -367,19 +334,17 @@ def _machine_cpu_seconds() -> float:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    import time
-
     report = os.environ.get("LABCODE_CPU_REPORT")
     if not report:
         yield
         return
-    before, machine, started = _cpu_seconds(), _machine_cpu_seconds(), time.perf_counter()
+    before, machine, begun, started = _cpu_seconds(), _machine_cpu_seconds(), time.time(), time.perf_counter()
     yield
     after = _cpu_seconds()  # one line per test; module fixtures count in the test that first needs them
     with open(report, "a") as handle:
         handle.write(json.dumps({"file": item.path.name, "test": item.name,
                                  "process": os.environ.get("PYTEST_XDIST_WORKER", "main"),
-                                 "start": round(time.time() - (time.perf_counter() - started), 2),
+                                 "start": round(begun, 2),
                                  "wall": round(time.perf_counter() - started, 2),
                                  "self": round(after[0] - before[0], 2),
                                  "children": round(after[1] - before[1], 2),

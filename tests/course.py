@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -48,32 +49,51 @@ def require_sandbox() -> None:
 #: there once per run. ``None``: once per process, in a temporary folder.
 SHARED_FOLDER: Path | None = None
 
+#: The solution notebooks that study no model (05 trains one, 06 studies one): they run the same way for every test.
+MODEL_FREE_STEMS = ("01_data_exploration", "02_data_pipeline", "03_unet", "04_metrics_losses", "07_going_further")
+
+
+def built_once(shared: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``shared/name``, made by ``build(folder)`` once per run of the suite: the first test process to ask builds it
+    under a lock, the others (pytest-xdist workers sharing ``shared``) wait and reuse it. A failed build fails the
+    others at once, with its message, instead of being retried."""
+    import fcntl
+
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "FAILED").is_file():
+            pytest.fail(f"{name} failed to build (see the first test that asked for it):\n"
+                        + (folder / "FAILED").read_text())
+        if not (folder / "BUILT").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            try:
+                build(folder)
+            except BaseException as error:
+                (folder / "FAILED").write_text(str(error)[-5000:])
+                raise
+            (folder / "BUILT").write_text("")
+    return folder
+
 
 @functools.cache
 def _course_template() -> Path:
-    """The sources, the release and its gradebook (which names no path), built once per run (the first test process
-    to ask builds it under a lock, the others reuse it) or, without a shared folder, once per test process."""
-    if SHARED_FOLDER is None:
-        import atexit
-        import tempfile
+    """The sources, the release and its gradebook (which names no path), built once per run (:func:`built_once`)
+    or, without a shared folder, once per test process."""
+    if SHARED_FOLDER is not None:
+        return built_once(SHARED_FOLDER, "course-template", _build_template) / "course"
+    import atexit
+    import tempfile
 
-        root = Path(tempfile.mkdtemp(prefix="course-template-")) / "course"
-        atexit.register(shutil.rmtree, root.parent, True)  # removed when the test process ends
-        _build_template(root)
-        return root
-    import fcntl
-
-    root = SHARED_FOLDER / "course-template" / "course"
-    with open(SHARED_FOLDER / "course-template.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root.parent / "BUILT").is_file():
-            shutil.rmtree(root.parent, ignore_errors=True)
-            _build_template(root)
-            (root.parent / "BUILT").write_text("")
-    return root
+    folder = Path(tempfile.mkdtemp(prefix="course-template-"))
+    atexit.register(shutil.rmtree, folder, True)  # removed when the test process ends
+    _build_template(folder)
+    return folder / "course"
 
 
-def _build_template(root: Path) -> None:
+def _build_template(folder: Path) -> None:
+    root = folder / "course"
     shutil.copytree(SOURCE, root / "solutions" / ASSIGNMENT)
     release.build_release(root / "notebooks", db_url=f"sqlite:///{root / 'gradebook.db'}")
 

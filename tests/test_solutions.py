@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from labcode.check import CHECKS
+from tests.course import MODEL_FREE_STEMS
 from tools.grading.judge import JUDGES
 
 CHECK_NAMES = {check.run.__name__ for check in CHECKS}
@@ -166,12 +167,12 @@ def test_solution_notebook_runs_top_to_bottom_on_cpu(stem, synth_root, reference
                                                      request):
     from tools.site_notebooks import SHOWN_WORKDIR
 
-    if stem in ("05_training", "06_inference_onnx"):  # they study a model: the reference model is given
-        nb, elapsed = run_with_reference(stem, tmp_path, synth_root, reference_model, monkeypatch)
-        folder = str(tmp_path)
-    else:  # run as students run them, once for this test and the site's leak scan (conftest.py)
+    if stem in MODEL_FREE_STEMS:  # run as students run them, once for this and the site's leak scan (conftest.py)
         nb, elapsed = request.getfixturevalue("solved_notebooks")[stem]
         folder = SHOWN_WORKDIR  # (the scratch folder is printed as the site's pages print it)
+    else:  # 05 and 06 study a model: the reference model is given
+        nb, elapsed = run_with_reference(stem, tmp_path, synth_root, reference_model, monkeypatch)
+        folder = str(tmp_path)
     RUN_TIMES[stem] = elapsed
     errors = [(i, out.ename, out.evalue) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
               for out in cell.outputs if out.output_type == "error"]
