@@ -153,18 +153,17 @@ def test_probe_explains_a_missing_bubblewrap(monkeypatch):
 def test_grading_kernels_know_they_are_graded(spec, monkeypatch):
     # nbgrader sets NBGRADER_EXECUTION while it grades; the notebooks choose their small settings by it, so the
     # sandbox's otherwise empty environment must carry it, and only it, of the grader's environment.
-    from tools.grading.kernel import SandboxKernelManager
+    from tools.grading.kernel import KernelServer, SandboxKernelManager
 
-    monkeypatch.setattr(SandboxKernelManager, "spec", spec)
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     monkeypatch.setenv("INSTRUCTOR_SECRET", "s3cret")
-    manager = SandboxKernelManager(kernel_name="python3")
-    manager._launch_args = {"cwd": "/tmp"}
-    command = manager.format_kernel_cmd()
+    manager = SandboxKernelManager(kernel_name="python3", sandbox=sandbox.spec_to_json(spec))
+    command = KernelServer(manager.kernel_sandbox()).command()
     pairs = {(command[i + 1], command[i + 2]) for i, arg in enumerate(command) if arg == "--setenv"}
     assert ("NBGRADER_EXECUTION", "autograde") in pairs
     assert not [name for name, _ in pairs if "SECRET" in name]
-    manager._limits_context.__exit__(None, None, None)
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    assert manager.kernel_sandbox() == spec
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,7 +194,7 @@ def test_the_kernel_manager_takes_its_sandbox_from_the_notebook_clients_configur
     client = NotebookClient(nbformat.v4.new_notebook(), kernel_manager_class=SandboxKernelManager, config=config)
     manager = client.create_kernel_manager()
     assert manager.spec == spec and SandboxKernelManager.spec is None  # nothing process-wide
-    assert not manager._runtime.exists()  # made when a kernel starts
+    assert manager.server is None  # its sandbox is made when a kernel starts
 
 
 def user_processes(uid: int) -> int:
@@ -271,7 +270,7 @@ def test_a_sandboxed_kernel_sees_no_host_path_of_the_course_and_cannot_fill_its_
     def alongside(cell, cell_index, execute_reply) -> None:
         if cell_index == 0:  # while the kernel runs: another sandbox preferring the same slot
             during.append(run_python(spec, "import os; print(os.getuid())"))
-            runtime.append(client.km._runtime)
+            runtime.append(client.km.server.runtime)
 
     client.on_cell_executed = alongside
     stale = Path(f"/tmp/lg-stale-{os.getpid()}")  # the socket folder of a grader killed before its cleanup
@@ -306,6 +305,51 @@ def test_a_sandboxed_kernel_sees_no_host_path_of_the_course_and_cannot_fill_its_
     assert not runtime[0].exists() and str(runtime[0]) not in Path("/proc/self/mountinfo").read_text()
 
 
+def test_kernels_forked_by_one_server_each_start_clean_and_a_killed_server_is_replaced(spec, tmp_path):
+    # The worker's kernels come from one server per submission (shared_kernel_servers): whatever a notebook leaves
+    # behind (files in the home folder and /tmp, a process, a changed module of the preloaded stack, its working copy)
+    # is gone for the next one; a notebook that wipes every folder it can write to, or kills the server, costs only
+    # itself. (A server is told by its start time: each is process 2 of its own sandbox.)
+    import nbformat
+    from nbclient import NotebookClient
+    from traitlets.config import Config
+
+    from tools.grading.kernel import SandboxKernelManager, shared_kernel_servers
+
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    server_start = "open(f'/proc/{os.getppid()}/stat').read().split()[21]"  # the server: this kernel's parent
+    mess = ("import os, subprocess, numpy\nnumpy.LEFT = 1\nopen(os.path.expanduser('~/left.txt'), 'w').write('x')\n"
+            "open('/tmp/left.txt', 'w').write('x')\nopen('notes.txt', 'w').write('changed')\nos.mkdir('made')\n"
+            f"os.chmod('made', 0)\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\nprint({server_start})")
+    look = ("import os, numpy\nothers = sorted(int(p) for p in os.listdir('/proc') if p.isdigit()\n"
+            "                if int(p) not in (1, os.getpid(), os.getppid()))\n"
+            f"print({server_start}, hasattr(numpy, 'LEFT'), os.path.exists(os.path.expanduser('~/left.txt')),\n"
+            "      os.path.exists('/tmp/left.txt'), open('notes.txt').read(), sorted(os.listdir('.')), others)")
+    wipe = "import os\nos.system('rm -rf ~/* /tmp/* /tmp/.* 2>/dev/null')"
+    stop = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"
+    config = Config({"SandboxKernelManager": {"sandbox": sandbox.spec_to_json(spec)}})
+
+    def run(*cells: str) -> list[str]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+        NotebookClient(nb, kernel_manager_class=SandboxKernelManager, config=config, timeout=120, allow_errors=True,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+        return ["".join(o.get("text", "") for o in cell.outputs) for cell in nb.cells]
+
+    clean = "False False False mine ['notes.txt'] []\n"
+    with shared_kernel_servers():
+        server = run(mess)[0].strip()
+        second = run(look, wipe)[0]
+        third = run(look, stop)[0]
+        fourth = run(look)[0]
+    assert second.split(" ", 1) == third.split(" ", 1) == [server, clean]  # the same server, twice
+    assert fourth.split(" ", 1)[1] == clean and fourth.split()[0] != server  # a new one
+    assert (folder / "notes.txt").read_text() == "mine" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    if spec.uid is not None:
+        assert user_processes(spec.uid) == 0  # the servers and what their kernels started are gone
+
+
 @pytest.mark.parametrize("hierarchy", ["v2", "v1"])
 def test_cgroup_limits_are_written_under_the_one_cgroup_root(tmp_path, monkeypatch, hierarchy):
     """Both hierarchies live under the same mount point; a fake one shows which files get the limits."""
@@ -329,7 +373,11 @@ def test_cgroup_limits_are_written_under_the_one_cgroup_root(tmp_path, monkeypat
         assert group.dirs == [memory, pids]
         assert (memory / "memory.limit_in_bytes").read_text() == str(3 * sandbox.GIB)
         assert (pids / "pids.max").read_text() == "77"
-    assert not group.oom_killed()
+    assert group.oom_kills() == 0
+    events = ("memory.events", "oom 2\noom_kill 2\n") if hierarchy == "v2" else ("memory.oom_control",
+                                                                              "under_oom 0\noom_kill 2\n")
+    (group.dirs[0] / events[0]).write_text(events[1])
+    assert group.oom_kills() == 2
     for path in group.dirs:  # a real cgroup folder holds only kernel files, which rmdir ignores: empty it first
         for child in path.iterdir():
             child.unlink()

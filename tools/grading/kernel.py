@@ -3,9 +3,13 @@
 nbgrader (trusted, outside) drives the kernel over ZeroMQ; the kernel process (the submission's code) runs inside
 :mod:`tools.grading.sandbox`. Since the sandbox has no network, the two talk through Unix sockets (ZeroMQ's ``ipc``
 transport) in a private folder bound into the sandbox at the same path. The kernel works on a copy of the
-submission in the sandbox's tmpfs home: whatever it writes stays there and disappears with it; nbgrader writes the
-graded notebooks itself, from the kernel's messages. Interrupts (the per-cell timeout) go as messages, not signals,
-since the kernel is not a child of the grader.
+submission in the sandbox's tmpfs home: whatever it writes stays there and is removed before the next kernel starts;
+nbgrader writes the graded notebooks itself, from the kernel's messages. Interrupts (the per-cell timeout) go as
+messages, not signals, since the kernel is not a child of the grader.
+
+Kernels are forked in the sandbox by a kernel server (:mod:`tools.grading.kernel_server`) that has imported the
+notebooks' stack once: a grading worker keeps one server, one sandbox, for all the notebooks of a submission
+(:func:`shared_kernel_servers`); elsewhere (a plain ``nbgrader autograde``) each kernel has a server of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import contextlib
 import ctypes
 import os
 import secrets
+import select
 import shutil
+import socket
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -29,12 +37,15 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
-from tools.grading import outputs, sandbox
+from tools.grading import kernel_server, outputs, sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: Where the submission's copy lives inside the sandbox (the kernel's working directory).
 WORKDIR = f"{sandbox.HOME}/submission"
+
+#: The kernel server's program (:mod:`tools.grading.kernel_server`), run in the sandbox as ``python -c``.
+SERVER_FILE = Path(kernel_server.__file__)
 
 
 def default_spec() -> sandbox.SandboxSpec:
@@ -59,20 +70,144 @@ def default_spec() -> sandbox.SandboxSpec:
                                isolated=os.environ.get("LABCODE_GRADING_NO_SANDBOX") != "1")
 
 
+class KernelServer:
+    """A sandbox whose first process is the kernel server (:mod:`tools.grading.kernel_server`): it has imported the
+    notebooks' stack and forks a fresh kernel for each notebook.
+
+    From :meth:`start` to :meth:`close` it holds a sandbox slot (:func:`~tools.grading.sandbox.acquire_slot`), a cgroup,
+    the server's listening socket (in the grader's state folder, which the sandbox does not show: the server gets it
+    as its standard input) and the folder of the kernels' own sockets, bound writable into the sandbox at the same
+    path: as root, a tmpfs of
+    :attr:`RUNTIME_BYTES`; without root a plain folder of the host's ``/tmp`` (the kernels then run as the grader's own
+    user, and only the file size limit bounds what they write there). The kernels receive their working copy of the
+    submission as a tar archive: nothing of the course is bound into the sandbox, so no host path of it shows inside.
+    """
+
+    #: Size of the sockets' folder: the sockets and the connection files need a few kB.
+    RUNTIME_BYTES: t.ClassVar[int] = 1 << 20
+    #: Seconds the server may take to import the stack before it is given up.
+    START_TIMEOUT: t.ClassVar[float] = 120.0
+
+    def __init__(self, spec: sandbox.SandboxSpec) -> None:
+        self.spec = spec
+        token = secrets.token_hex(5)  # short: socket paths are limited
+        self.runtime = Path("/tmp") / f"lg-{token}"
+        self.socket = str(sandbox.state_dir() / f"ks-{token}")
+        self.cgroup: sandbox.Cgroup | None = None
+        self._lease: sandbox.SlotLease | None = None
+        self._mounted = False
+        self._limits: t.Any = None
+        self._process: subprocess.Popen | None = None
+        self._output: OutputRelay | None = None
+
+    def command(self) -> list[str]:
+        """The server's command line (bubblewrap's), without the limits' prefix."""
+        inner = [self.spec.python_inside, "-c", SERVER_FILE.read_text(), "serve", WORKDIR]
+        return sandbox.bwrap_command(self.spec, inner, binds=[(self.runtime, str(self.runtime), True)],
+                                     cwd=sandbox.HOME)
+
+    def start(self) -> KernelServer:
+        """Start the server and wait until it has imported the stack; ``self``.
+
+        Raises:
+            SandboxError: it did not say it was ready within :attr:`START_TIMEOUT` seconds (its own error output is
+                in the grader's log).
+        """
+        try:
+            self._lease = sandbox.acquire_slot(self.spec)
+            self.spec = self._lease.spec
+            self.runtime.mkdir(mode=0o700)
+            uid = self.spec.uid
+            if uid is not None:
+                _unmount_stale(uid)
+                _mount_tmpfs(self.runtime, self.RUNTIME_BYTES, uid)
+                self._mounted = True
+                os.chown(self.runtime, uid, uid)
+            self._limits = sandbox.limited("kernels", self.spec.limits)
+            prefix, self.cgroup = self._limits.__enter__()
+            self._output = OutputRelay(SandboxKernelManager.MAX_KERNEL_OUTPUT)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind(self.socket)
+                listener.listen(8)
+                self._process = subprocess.Popen(prefix + self.command(), stdin=listener.fileno(),
+                                                 stdout=subprocess.PIPE, stderr=self._output.write_end,
+                                                 start_new_session=True)
+            self._output.started()
+            assert self._process.stdout is not None
+            ready, _, _ = select.select([self._process.stdout], [], [], self.START_TIMEOUT)
+            if not ready or self._process.stdout.readline() != b"ready\n":
+                raise sandbox.SandboxError(f"the kernel server did not start within {self.START_TIMEOUT:g} s "
+                                           "(its error output is in the grader's log)")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        """Whether the server still runs (a kernel may have killed it: its sandbox then ended with it)."""
+        return self._process is not None and self._process.poll() is None
+
+    def oom_kills(self) -> int:
+        """How many processes of the sandbox the kernel has killed so far for exceeding its memory."""
+        return self.cgroup.oom_kills() if self.cgroup is not None else 0
+
+    def close(self) -> None:
+        """Stop the server and everything in its sandbox, unmount and remove the socket folder, give the slot back."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()  # bubblewrap: its PID namespace, the whole sandbox, ends with it
+            self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+        if self._limits is not None:
+            self._limits.__exit__(None, None, None)
+            self._limits = None
+        if self._lease is not None and self.spec.uid is not None:
+            sandbox.clear_user(self.spec.uid)  # what was still dying when the sandbox ended
+        if self._mounted:
+            _unmount(self.runtime)
+            self._mounted = False
+        shutil.rmtree(self.runtime, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+
+#: The kernel servers shared by the kernels started in a :func:`shared_kernel_servers` block, by sandbox settings.
+_shared_servers: dict[str, KernelServer] | None = None
+
+
+@contextlib.contextmanager
+def shared_kernel_servers() -> t.Iterator[None]:
+    """Within the block, kernels with the same sandbox settings come from one kernel server (started by the first of
+    them, started again if a kernel killed it) instead of one server each: the grading worker's one sandbox per
+    submission. The servers are closed at the end of the block."""
+    global _shared_servers
+    previous, _shared_servers = _shared_servers, {}
+    try:
+        yield
+    finally:
+        servers, _shared_servers = _shared_servers, previous
+        for server in servers.values():
+            server.close()
+
+
 class SandboxKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel runs in a sandbox.
+    """A kernel manager whose kernel runs in a sandbox, forked there by a :class:`KernelServer`.
 
     The sandbox is ``c.SandboxKernelManager.sandbox``, a :class:`~tools.grading.sandbox.SandboxSpec` as JSON
     (:func:`~tools.grading.sandbox.spec_to_json`): nbclient creates its kernel manager with the notebook client's
     configuration, so the grader passes it in the configuration of ``nbgrader autograde``. When it is empty, the class
     attribute ``spec`` (deprecated: process-wide), else :func:`default_spec`.
 
-    The kernel holds a sandbox slot (:func:`~tools.grading.sandbox.acquire_slot`) from its start to its shutdown. It
-    receives its working copy of the submission as a tar archive on its standard input (nothing of the course is
-    bound into the sandbox, so no host path of it shows inside), and talks to nbgrader through Unix sockets in a
-    private folder bound writable at the same path: as root, that folder is a tmpfs of :attr:`RUNTIME_BYTES`.
-    Without root it is a plain folder of the host's ``/tmp`` (the kernel then runs as the grader's own user, and only
-    the file size limit bounds what it writes there).
+    The kernel comes from the block's shared server inside :func:`shared_kernel_servers`, else from a server of its
+    own, closed with it. The process jupyter_client starts and watches is the server's client
+    (``kernel_server.py connect``): it hands the kernel its standard streams (the submission as a tar archive on
+    standard input), waits for its end, and killing it kills the kernel. Kernel and nbgrader talk through Unix sockets
+    in the server's socket folder.
     """
 
     spec: t.ClassVar[sandbox.SandboxSpec | None] = None
@@ -80,8 +215,6 @@ class SandboxKernelManager(AsyncKernelManager):
     # (in the methods, `sandbox` is still the module: only `self.sandbox` is this setting)
     sandbox = Unicode("", config=True, help="The kernels' sandbox, as JSON (tools.grading.sandbox.spec_to_json); "
                                             "empty: SandboxKernelManager.spec when set, else default_spec()")
-    #: Size of the sockets' folder (a tmpfs when running as root): the sockets and the connection file need a few kB.
-    RUNTIME_BYTES: t.ClassVar[int] = 1 << 20
     #: What the kernel process may write to its own stdout and stderr (not the notebook's outputs: those go through
     #: ZeroMQ) before the rest is dropped; it reaches the grader's stderr (the worker's log).
     MAX_KERNEL_OUTPUT: t.ClassVar[int] = 64 << 10
@@ -92,17 +225,17 @@ class SandboxKernelManager(AsyncKernelManager):
             self.spec = sandbox.spec_from_json(self.sandbox)
         elif type(self).spec is None:
             self.spec = default_spec()
-        # made when the kernel starts (a manager that never starts one leaves nothing); short: socket paths are limited
-        self._runtime = Path("/tmp") / f"lg-{secrets.token_hex(5)}"
         self.transport = "ipc"
-        self.ip = str(self._runtime / "k")
-        self.connection_file = str(self._runtime / "connection.json")
-        self._lease: sandbox.SlotLease | None = None
-        self._mounted = False
+        #: The server the kernel comes from (made when the kernel starts: a manager that never starts one has none).
+        self.server: KernelServer | None = None
+        self._own_server = False
+        self._token = secrets.token_hex(5)
+        self._plain_folder: Path | None = None  # without isolation: the kernel's sockets and home
         self._archive: t.IO[bytes] | None = None
         self._output: OutputRelay | None = None
         self._limits_context = None
         self._prefix: list[str] = []
+        self._oom_mark = 0
         self.cgroup: sandbox.Cgroup | None = None
 
     def write_connection_file(self, **kwargs: t.Any) -> None:
@@ -110,19 +243,43 @@ class SandboxKernelManager(AsyncKernelManager):
         if self.spec.uid is not None:  # the kernel runs as the sandbox user and must read it
             os.chown(self.connection_file, self.spec.uid, self.spec.uid)
 
+    def kernel_sandbox(self) -> sandbox.SandboxSpec:
+        """The sandbox of the next kernel: the configured one, with nbgrader's ``NBGRADER_EXECUTION`` when it is set
+        (the notebooks pick their grading settings by it; nothing else of the grader's environment goes in)."""
+        if not os.environ.get("NBGRADER_EXECUTION"):
+            return self.spec
+        return replace(self.spec, env={**self.spec.env, "NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]})
+
+    def _take_server(self) -> None:
+        """The block's shared server for this sandbox (started when missing or dead), else one of the kernel's own."""
+        if self.server is not None and self.server.alive():
+            return  # a restart keeps its server
+        if self.server is not None and self._own_server:
+            self.server.close()
+        key = sandbox.spec_to_json(self.spec)
+        if _shared_servers is None:
+            self.server, self._own_server = KernelServer(self.spec).start(), True
+        else:
+            server = _shared_servers.get(key)
+            if server is None or not server.alive():
+                if server is not None:
+                    server.close()
+                server = _shared_servers[key] = KernelServer(self.spec).start()
+            self.server, self._own_server = server, False
+        self.spec = self.server.spec  # with the slot it holds (its user)
+        self.ip = str(self.server.runtime / f"k{self._token}")
+        self.connection_file = str(self.server.runtime / f"{self._token}.json")
+
     async def _async_pre_start_kernel(self, **kw: t.Any) -> tuple[list[str], dict[str, t.Any]]:
-        if self._lease is None:  # first start (a restart keeps the slot and the folder)
-            self._lease = sandbox.acquire_slot(self.spec)
-            self._runtime.mkdir(mode=0o700)
-            self.spec = self._lease.spec
-            uid = self.spec.uid
-            if uid is not None and self.spec.isolated:
-                _unmount_stale(uid)
-                _mount_tmpfs(self._runtime, self.RUNTIME_BYTES, uid)
-                self._mounted = True
-            if uid is not None:
-                os.chown(self._runtime, uid, uid)
-        self.kernel_spec.interrupt_mode = "message"  # a signal would reach bubblewrap, not the kernel
+        self.spec = self.kernel_sandbox()
+        if self.spec.isolated:
+            self._take_server()
+        elif self._plain_folder is None:
+            self._plain_folder = Path("/tmp") / f"lg-{self._token}"
+            self._plain_folder.mkdir(mode=0o700)
+            self.ip = str(self._plain_folder / "k")
+            self.connection_file = str(self._plain_folder / "connection.json")
+        self.kernel_spec.interrupt_mode = "message"  # a signal would reach the client, not the kernel
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
         kw.pop("env", None)  # the sandbox builds its own environment
         if self.spec.isolated:
@@ -135,30 +292,36 @@ class SandboxKernelManager(AsyncKernelManager):
         return self._prefix + kernel_cmd, kw
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: t.Any) -> None:
+        self._oom_mark = self._cgroup().oom_kills() if self._cgroup() is not None else 0
         try:
             await super()._async_launch_kernel(kernel_cmd, **kw)
         finally:
             if self._output is not None:
                 self._output.started()  # the kernel holds its end of the pipe now
 
+    def _cgroup(self) -> sandbox.Cgroup | None:
+        return self.server.cgroup if self.server is not None else self.cgroup
+
+    def oom_killed(self) -> bool:
+        """Whether a process of the kernel's sandbox was killed for exceeding its memory since the kernel started."""
+        cgroup = self._cgroup()
+        return cgroup is not None and cgroup.oom_kills() > self._oom_mark
+
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
-        if os.environ.get("NBGRADER_EXECUTION"):  # the notebooks pick their grading settings by it
-            grading = {"NBGRADER_EXECUTION": os.environ["NBGRADER_EXECUTION"]}
-            self.spec = replace(self.spec, env={**self.spec.env, **grading})
+        if self.spec.isolated:
+            assert self.server is not None
+            return [sys.executable, "-I", "-S", str(SERVER_FILE), "connect", self.server.socket,
+                    "-f", self.connection_file, *(extra_arguments or [])]
+        # opted out: the kernel runs in nbgrader's folder, with the sandbox's environment and limits
         if self._limits_context is None:
             self._limits_context = sandbox.limited("kernel", self.spec.limits)
             self._prefix, self.cgroup = self._limits_context.__enter__()
-        kernel = [self.spec.python_inside, "-m", "ipykernel_launcher", "-f", self.connection_file,
-                  *(extra_arguments or [])]
-        if not self.spec.isolated:  # opted out: the kernel runs in nbgrader's folder, with the same environment
-            home = self._runtime / "home"
-            home.mkdir(exist_ok=True)
-            env = sandbox.environment(self.spec, datadir=str(self.spec.datadir), home=str(home), tmp=str(home))
-            return ["env", "-i", *(f"{key}={value}" for key, value in env.items()), *kernel]
-        unpack = f'mkdir {WORKDIR} && tar -x -f - -C {WORKDIR} --no-same-owner && cd {WORKDIR} && exec "$@" </dev/null'
-        inner = ["sh", "-c", unpack, "sandbox-kernel", *kernel]
-        binds = [(self._runtime, str(self._runtime), True)]
-        return sandbox.bwrap_command(self.spec, inner, binds=binds, cwd=sandbox.HOME)
+        assert self._plain_folder is not None
+        home = self._plain_folder / "home"
+        home.mkdir(exist_ok=True)
+        env = sandbox.environment(self.spec, datadir=str(self.spec.datadir), home=str(home), tmp=str(home))
+        return ["env", "-i", *(f"{key}={value}" for key, value in env.items()), self.spec.python_inside, "-m",
+                "ipykernel_launcher", "-f", self.connection_file, *(extra_arguments or [])]
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
@@ -170,13 +333,12 @@ class SandboxKernelManager(AsyncKernelManager):
         if self._archive is not None:
             self._archive.close()
             self._archive = None
-        if self._mounted:
-            _unmount(self._runtime)
-            self._mounted = False
-        shutil.rmtree(self._runtime, ignore_errors=True)
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
+        if self.server is not None and self._own_server:
+            self.server.close()
+        self.server = None
+        if self._plain_folder is not None:
+            shutil.rmtree(self._plain_folder, ignore_errors=True)
+            self._plain_folder = None
 
 
 class OutputRelay:
@@ -366,8 +528,7 @@ class SandboxedExecute(Execute):
             if note is not None:
                 cell.outputs.append(note)
         except DeadKernelError:
-            cgroup = getattr(self.km, "cgroup", None)
-            oom = cgroup is not None and cgroup.oom_killed()
+            oom = isinstance(self.km, SandboxKernelManager) and self.km.oom_killed()
             self._dead_reason = ("the kernel was stopped at the sandbox's memory limit" if oom
                                  else "the kernel died in an earlier cell")
             cell.outputs = list(cell.get("outputs", [])) + [

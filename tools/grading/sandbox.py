@@ -65,7 +65,7 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource bounds of one sandbox (one submission's kernel, or one model evaluation).
+    """Resource bounds of one sandbox (one submission's kernels, or one model evaluation).
 
     Attributes:
         memory_bytes: memory of the whole sandbox (cgroup), and address space of each process (rlimit).
@@ -408,16 +408,15 @@ class Cgroup:
             (self.dirs[1] / "pids.max").write_text(str(limits.processes))
             self.kind = "cgroup v1"
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of the sandbox for exceeding its memory."""
+    def oom_kills(self) -> int:
+        """How many processes of the sandbox the kernel has killed for exceeding its memory (0 without a cgroup)."""
         for group in self.dirs:
             for name in ("memory.events", "memory.oom_control"):
                 path = group / name
                 if path.is_file():
                     fields = dict(line.split() for line in path.read_text().splitlines() if " " in line)
-                    if int(fields.get("oom_kill", 0)) > 0:
-                        return True
-        return False
+                    return int(fields.get("oom_kill", 0))
+        return 0
 
     def kill_all(self) -> None:
         """SIGKILL whatever is left in the cgroup."""
@@ -552,7 +551,7 @@ def _open_lock(path: Path) -> IO:
 
 def _leased(spec: SandboxSpec, slot_number: int, lock: IO) -> SlotLease:
     held = replace(spec, slot=slot_number)
-    _clear_user(held.uid)
+    clear_user(held.uid)
     return SlotLease(held, lock)
 
 
@@ -566,7 +565,7 @@ def _user_processes(uid: int) -> list[int]:
     return pids
 
 
-def _clear_user(uid: int, patience: float = 10.0) -> None:
+def clear_user(uid: int, patience: float = 10.0) -> None:
     """Kill every process running as ``uid`` and wait until they are gone (at most ``patience`` seconds)."""
     deadline = time.monotonic() + patience
     while _user_processes(uid) and time.monotonic() < deadline:

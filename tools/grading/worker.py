@@ -8,9 +8,9 @@ the sandbox. It
 2. takes from the submission only what it may hold (:mod:`tools.grading.intake`: the notebooks, the exercise files
    of ``labcode/``, the model and the photos; every other library file is the release's) and repairs notebooks whose
    graded cells were copied;
-3. runs ``nbgrader autograde`` on each notebook on its own, each in a sandboxed kernel (:mod:`tools.grading.kernel`),
-   where the verdicts are decided outside the kernel by the judge (:mod:`tools.grading.verdicts`); a notebook that
-   cannot be graded costs only itself;
+3. runs ``nbgrader autograde`` on each notebook on its own, each in a fresh kernel forked in the submission's one
+   sandbox (:mod:`tools.grading.kernel`, :mod:`tools.grading.kernel_server`), where the verdicts are decided outside
+   the kernel by the judge (:mod:`tools.grading.verdicts`); a notebook that cannot be graded costs only itself;
 4. writes ``result.json``: per-notebook statuses and scores, problems, duration.
 
 Run as ``python -m tools.grading worker JOB.json`` (by the parallel grader or a slurm array task).
@@ -183,6 +183,8 @@ def grade(job: Job) -> dict:
     """
     import fnmatch
 
+    from tools.grading.kernel import shared_kernel_servers
+
     started = time.time()
     course = Course(Path(job.course))
     scratch = Path(job.scratch)
@@ -208,19 +210,20 @@ def grade(job: Job) -> dict:
         log = scratch / "nbgrader.log"
         log.write_text("")
         problems, seconds = {}, {}
-        for stem in stems:
-            logger.info("%s: %s started", job.student, stem)  # the last one named is the one a time limit cut
-            begun = time.time()
-            path = submitted / f"{stem}.ipynb"
-            problem, notes = prepare_notebook(path) if path.is_file() else ("missing from the submission", [])
-            result["notes"] += notes
-            if problem and path.is_file():
-                path.unlink()  # nbgrader then records the notebook as missing: 0 on its tests
-            if not problem:
-                problem = grade_notebook(work, job, stem, db, log)
-            if problem:
-                problems[stem] = problem
-            seconds[stem] = round(time.time() - begun, 1)
+        with shared_kernel_servers():  # one sandbox for the submission: each notebook's kernel forked there, fresh
+            for stem in stems:
+                logger.info("%s: %s started", job.student, stem)  # the last one named is the one a time limit cut
+                begun = time.time()
+                path = submitted / f"{stem}.ipynb"
+                problem, notes = prepare_notebook(path) if path.is_file() else ("missing from the submission", [])
+                result["notes"] += notes
+                if problem and path.is_file():
+                    path.unlink()  # nbgrader then records the notebook as missing: 0 on its tests
+                if not problem:
+                    problem = grade_notebook(work, job, stem, db, log)
+                if problem:
+                    problems[stem] = problem
+                seconds[stem] = round(time.time() - begun, 1)
         for stem in problems:
             zero_notebook(db, work.course_id, course.assignment, job.student, stem)
         graded = scores(db, work.course_id, course.assignment, job.student)
