@@ -350,6 +350,22 @@ def test_kernels_forked_by_one_server_each_start_clean_and_a_killed_server_is_re
         assert user_processes(spec.uid) == 0  # the servers and what their kernels started are gone
 
 
+@pytest.mark.parametrize("server", ["import sys; sys.exit('no stack here')", "import time; time.sleep(30)"])
+def test_a_kernel_server_that_never_gets_ready_is_named_and_leaves_nothing(spec, monkeypatch, server):
+    from tools.grading.kernel import KernelServer
+
+    monkeypatch.setattr(KernelServer, "START_TIMEOUT", 2.0)
+    kernels = KernelServer(spec)
+    monkeypatch.setattr(kernels, "command", lambda: sandbox.bwrap_command(kernels.spec, [spec.python_inside, "-c",
+                                                                                            server]))
+    with pytest.raises(sandbox.SandboxError, match="the kernel server (stopped|was not ready within 2 s)"):
+        kernels.start()
+    assert not kernels.runtime.exists() and not Path(kernels.socket).exists() and not kernels.alive()
+    again = sandbox.acquire_slot(spec)  # its slot is free again
+    assert again.spec.slot == spec.slot
+    again.release()
+
+
 @pytest.mark.parametrize("hierarchy", ["v2", "v1"])
 def test_cgroup_limits_are_written_under_the_one_cgroup_root(tmp_path, monkeypatch, hierarchy):
     """Both hierarchies live under the same mount point; a fake one shows which files get the limits."""

@@ -26,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 import typing as t
 from dataclasses import replace
 from pathlib import Path
@@ -133,15 +134,25 @@ class KernelServer:
                                                  stdout=subprocess.PIPE, stderr=self._output.write_end,
                                                  start_new_session=True)
             self._output.started()
-            assert self._process.stdout is not None
-            ready, _, _ = select.select([self._process.stdout], [], [], self.START_TIMEOUT)
-            if not ready or self._process.stdout.readline() != b"ready\n":
-                raise sandbox.SandboxError(f"the kernel server did not start within {self.START_TIMEOUT:g} s "
-                                           "(its error output is in the grader's log)")
+            self._wait_ready()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _wait_ready(self) -> None:
+        """Wait for the server's ``ready`` line (what its imports print before it is passed over)."""
+        assert self._process is not None and self._process.stdout is not None
+        stdout, seen = self._process.stdout.fileno(), b""
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not seen.endswith(b"ready\n"):
+            left = deadline - time.monotonic()
+            chunk = os.read(stdout, 4096) if left > 0 and select.select([stdout], [], [], left)[0] else None
+            if not chunk:
+                why = "stopped" if chunk == b"" else f"was not ready within {self.START_TIMEOUT:g} s"
+                raise sandbox.SandboxError(f"the kernel server {why} (its error output is in the grader's log)")
+            seen = (seen + chunk)[-4096:]
+        self._process.stdout.close()
 
     def alive(self) -> bool:
         """Whether the server still runs (a kernel may have killed it: its sandbox then ended with it)."""
@@ -158,7 +169,7 @@ class KernelServer:
                 self._process.kill()  # bubblewrap: its PID namespace, the whole sandbox, ends with it
             self._process.wait()
             if self._process.stdout is not None:
-                self._process.stdout.close()
+                self._process.stdout.close()  # (closed once ready)
             self._process = None
         if self._limits is not None:
             self._limits.__exit__(None, None, None)

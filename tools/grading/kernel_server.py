@@ -1,14 +1,15 @@
 """A kernel server for the sandbox: it imports the notebooks' stack once, then forks a fresh kernel for each notebook.
 
-Starting a kernel costs about three CPU-seconds before the first cell does anything of its own: Python, ipykernel,
-PyTorch, NumPy and matplotlib. A submission's notebooks are graded one after the other in one sandbox whose first
+Most of what a kernel costs before its first cell does anything of its own is imports: ipykernel, PyTorch, NumPy and
+matplotlib. A submission's notebooks are graded one after the other in one sandbox whose first
 process, this server, has imported that stack (third-party code only: never the submission's nor the course's); each
 kernel is a child forked from it, so it starts with the imports done.
 
 Each kernel still starts clean: before forking, the server kills every other process of the sandbox (what an earlier
 kernel left running) and empties the home folder and ``/tmp``; the child unpacks its own copy of the submission,
-reseeds the random generators and becomes the kernel. When the kernel's cells are done it exits at once (an
-interpreter that imported PyTorch spends about a second of CPU tearing itself down; nothing of it outlives it).
+reseeds the random generators and becomes the kernel. When nbgrader stops it, it exits at once: tearing down an
+interpreter that imported PyTorch takes longer than many cells, and nothing of the kernel outlives it anyway.
+(``python -m benchmarks.bench_grading`` times grading as a whole.)
 
 One file, two roles, standard library only (each runs with nothing of the course importable):
 
@@ -62,6 +63,7 @@ def serve(workdir: str) -> None:
         except ImportError:
             pass
     print("ready", flush=True)
+    os.dup2(2, 1)  # nothing more for the grader to read: whatever else the server prints joins its error output
     while True:
         connection, _ = listener.accept()
         with connection:
