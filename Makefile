@@ -51,7 +51,7 @@ book: figures
 bench: setup
 	$(VENV)/python -m benchmarks.run_all
 
-## Grading throughput: the grader with one worker against the parallel grader (about 10 minutes).
+## Grading throughput: the grader with one worker against the parallel grader (about 8 minutes).
 bench-grading: grading-env
 	$(VENV)/python -m benchmarks.bench_grading
 

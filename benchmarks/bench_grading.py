@@ -8,7 +8,7 @@ measured before the judge (plain sequential ``nbgrader autograde`` 493 s and the
 submissions on the course's 2-core machine; a plain ``nbgrader autograde`` now refuses, see
 :class:`tools.grading.verdicts.GraderOnly`). Both read the default generated data set.
 
-Usage: ``python -m benchmarks.bench_grading [--submissions 8] [--workers 2]`` (about 10 minutes on 2 cores).
+Usage: ``python -m benchmarks.bench_grading [--submissions 8] [--workers 2]`` (about 8 minutes on 2 cores).
 """
 
 from __future__ import annotations
