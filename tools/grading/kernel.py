@@ -78,10 +78,10 @@ class KernelServer:
     From :meth:`start` to :meth:`close` it holds a sandbox slot (:func:`~tools.grading.sandbox.acquire_slot`), a cgroup,
     the server's listening socket (in the grader's state folder, which the sandbox does not show: the server gets it
     as its standard input) and the folder of the kernels' own sockets, bound writable into the sandbox at the same
-    path: as root, a tmpfs of
-    :attr:`RUNTIME_BYTES`; without root a plain folder of the host's ``/tmp`` (the kernels then run as the grader's own
-    user, and only the file size limit bounds what they write there). The kernels receive their working copy of the
-    submission as a tar archive: nothing of the course is bound into the sandbox, so no host path of it shows inside.
+    path: as root, a tmpfs of :attr:`RUNTIME_BYTES`; without root a plain folder of the host's ``/tmp`` (the kernels
+    then run as the grader's own user, and only the file size limit bounds what they write there). The kernels
+    receive their working copy of the submission as a tar archive: nothing of the course is bound into the sandbox,
+    so no host path of it shows inside.
     """
 
     #: Size of the sockets' folder: the sockets and the connection files need a few kB.
