@@ -158,10 +158,6 @@ class KernelServer:
         """Whether the server still runs (a kernel may have killed it: its sandbox then ended with it)."""
         return self._process is not None and self._process.poll() is None
 
-    def oom_kills(self) -> int:
-        """How many processes of the sandbox the kernel has killed so far for exceeding its memory."""
-        return self.cgroup.oom_kills() if self.cgroup is not None else 0
-
     def close(self) -> None:
         """Stop the server and everything in its sandbox, unmount and remove the socket folder, give the slot back."""
         if self._process is not None:
@@ -303,20 +299,21 @@ class SandboxKernelManager(AsyncKernelManager):
         return self._prefix + kernel_cmd, kw
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: t.Any) -> None:
-        self._oom_mark = self._cgroup().oom_kills() if self._cgroup() is not None else 0
+        self._oom_mark = self._oom_kills()
         try:
             await super()._async_launch_kernel(kernel_cmd, **kw)
         finally:
             if self._output is not None:
                 self._output.started()  # the kernel holds its end of the pipe now
 
-    def _cgroup(self) -> sandbox.Cgroup | None:
-        return self.server.cgroup if self.server is not None else self.cgroup
+    def _oom_kills(self) -> int:
+        """The out-of-memory kills so far in the kernel's cgroup (its server's, shared by its sandbox's kernels)."""
+        cgroup = self.server.cgroup if self.server is not None else self.cgroup
+        return cgroup.oom_kills() if cgroup is not None else 0
 
     def oom_killed(self) -> bool:
         """Whether a process of the kernel's sandbox was killed for exceeding its memory since the kernel started."""
-        cgroup = self._cgroup()
-        return cgroup is not None and cgroup.oom_kills() > self._oom_mark
+        return self._oom_kills() > self._oom_mark
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         if self.spec.isolated:

@@ -1,12 +1,12 @@
 """A kernel server for the sandbox: it imports the notebooks' stack once, then forks a fresh kernel for each notebook.
 
 Most of what a kernel costs before its first cell does anything of its own is imports: ipykernel, PyTorch, NumPy and
-matplotlib. A submission's notebooks are graded one after the other in one sandbox whose first
-process, this server, has imported that stack (third-party code only: never the submission's nor the course's); each
-kernel is a child forked from it, so it starts with the imports done.
+matplotlib. A submission's notebooks are graded one after the other in one sandbox whose first process, this server,
+has imported that stack (third-party code only: never the submission's nor the course's); each kernel is a child
+forked from it, so it starts with the imports done.
 
-Each kernel still starts clean: before forking, the server kills every other process of the sandbox (what an earlier
-kernel left running) and empties the home folder and ``/tmp``; the child unpacks its own copy of the submission,
+Each kernel still starts clean: when a kernel ends, the server kills every other process of the sandbox (what the
+kernel left running) and empties the home folder and ``/tmp``; the next child unpacks its own copy of the submission,
 reseeds the random generators and becomes the kernel. When nbgrader stops it, it exits at once: tearing down an
 interpreter that imported PyTorch takes longer than many cells, and nothing of the kernel outlives it anyway.
 (``python -m benchmarks.bench_grading`` times grading as a whole.)
@@ -77,7 +77,6 @@ def _serve_one(connection: socket.socket, listener: socket.socket, workdir: str)
             os.close(fd)
         return
     argv = json.loads(message)["argv"]
-    _reset()
     pid = os.fork()
     if pid == 0:
         listener.close()
@@ -88,6 +87,7 @@ def _serve_one(connection: socket.socket, listener: socket.socket, workdir: str)
     status = _wait(pid, connection)
     if status is not None:
         connection.sendall(json.dumps({"exit": status}).encode() + b"\n")
+    _reset()  # what the kernel left behind, before the next one starts
 
 
 def _wait(pid: int, connection: socket.socket) -> int | None:
@@ -98,7 +98,6 @@ def _wait(pid: int, connection: socket.socket) -> int | None:
         if watched not in ready:  # the client closed the connection: it was killed, and so is the kernel
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            _reset()
             return None
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
