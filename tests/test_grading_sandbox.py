@@ -366,6 +366,44 @@ def test_a_kernel_server_that_never_gets_ready_is_named_and_leaves_nothing(spec,
     again.release()
 
 
+@pytest.mark.parametrize("answer", [b"x" * (1 << 26), b"[" * 100_000 + b"\n", b'{"exit": 0}\n'])
+def test_the_kernel_client_reads_one_short_answer_whatever_the_server_sends(tmp_path, answer):
+    # The kernel server runs in the sandbox, where a kernel may have taken it over: its client, outside, reads one
+    # short line and exits 1 on anything else, however much comes.
+    import threading
+
+    from tools.grading.kernel import SERVER_FILE
+
+    path = str(tmp_path / "server")
+    sent: list[int] = []
+
+    def fake_server() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            connection, _ = listener.accept()
+            with connection:
+                _, fds, _, _ = socket.recv_fds(connection, 1 << 16, 3)
+                for fd in fds:
+                    os.close(fd)
+                try:
+                    for start in range(0, len(answer), 1 << 16):
+                        connection.sendall(answer[start:start + (1 << 16)])
+                        sent.append(start)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=fake_server)
+    thread.start()
+    while not os.path.exists(path):
+        thread.join(0.01)
+    done = subprocess.run([sys.executable, "-I", "-S", str(SERVER_FILE), "connect", path, "-f", "x.json"],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    thread.join(60)
+    assert done.returncode == (0 if answer.startswith(b"{") else 1) and b"Traceback" not in done.stderr, done.stderr
+    assert len(sent) * (1 << 16) < 1 << 24  # it stopped reading long before the end of the flood
+
+
 @pytest.mark.parametrize("hierarchy", ["v2", "v1"])
 def test_cgroup_limits_are_written_under_the_one_cgroup_root(tmp_path, monkeypatch, hierarchy):
     """Both hierarchies live under the same mount point; a fake one shows which files get the limits."""

@@ -40,6 +40,9 @@ import sys
 PRELOAD = ("numpy", "torch", "PIL.Image", "matplotlib.pyplot", "matplotlib_inline.backend_inline", "IPython",
            "IPython.display", "ipykernel.ipkernel", "ipykernel.kernelapp")
 
+#: The most the client reads of the server's answer (``{"exit": status}`` and a newline).
+ANSWER_BYTES = 256
+
 #: The folders a kernel may write to, emptied before each kernel starts.
 SCRATCH = ("/tmp", os.environ.get("HOME", "/home/student"))
 
@@ -181,7 +184,8 @@ def _become_kernel(fds: list[int], argv: list[str], workdir: str) -> None:
 def connect(path: str, argv: list[str]) -> int:
     """Ask the server at ``path`` for a kernel with ``argv``, with this process's three standard streams; its status.
 
-    Returns 1 when the server is gone before the kernel ends (the sandbox then ended with it).
+    Returns 1 when the server is gone before the kernel ends (the sandbox then ended with it), or answers anything but
+    its one short line: the server runs in the sandbox, where a kernel may have tampered with it.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.connect(path)
@@ -189,11 +193,14 @@ def connect(path: str, argv: list[str]) -> int:
         for fd in (0, 1, 2):  # the kernel has them now: the relay of its output ends when the kernel does
             os.close(fd)
         answer = b""
-        while chunk := server.recv(4096):
+        while len(answer) < ANSWER_BYTES and not answer.endswith(b"\n"):
+            chunk = server.recv(ANSWER_BYTES - len(answer))
+            if not chunk:
+                break
             answer += chunk
     try:
         return int(json.loads(answer)["exit"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return 1
 
 
